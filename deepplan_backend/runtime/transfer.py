@@ -1,0 +1,177 @@
+"""Copy engines: how a layer's packed bytes travel from the host store to the target device, and how the
+compute stream learns that they arrived.
+
+This is the one place that knows about CUDA streams, events and NVLink forwarding. The CPU implementation
+runs the same calls synchronously, so the engine's ordering logic is exercised in CI without a GPU.
+
+Source slots (see `LoadSchedule`): slot 0 copies over the target's own PCIe link on a dedicated copy stream;
+slot s > 0 copies over peer s's PCIe link into a staging buffer on the peer, then forwards over NVLink.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+class DeviceError(RuntimeError):
+    """A device that does not exist, or a device set that cannot do what was asked (e.g. no peer access)."""
+
+
+@dataclass(frozen=True)
+class CopyJob:
+    """Copy `src` (host bytes) into `dst` (target bytes) over source slot `slot`."""
+
+    slot: int
+    src: torch.Tensor
+    dst: torch.Tensor
+
+
+class Ready(Protocol):
+    """Something the compute stream can wait on (a CUDA event), or None on the CPU where copies are done."""
+
+
+class CopyEngine(Protocol):
+    """Issues copies asynchronously and makes the compute stream wait for them."""
+
+    device: torch.device
+    num_slots: int
+
+    def issue(self, jobs: Sequence[CopyJob]) -> list[object]:
+        """Start every job, in order per slot; return one readiness token per job."""
+
+    def wait(self, token: object) -> None:
+        """Make the compute stream wait until the job behind `token` has landed."""
+
+    def release(self) -> None:
+        """Drop staging buffers (after the compute stream has waited for every token)."""
+
+
+class CpuCopyEngine:
+    """Synchronous copies in host memory; tokens are None. Used in CI and CPU serving."""
+
+    def __init__(self, device: torch.device, num_slots: int = 1) -> None:
+        self.device = device
+        self.num_slots = num_slots
+
+    def issue(self, jobs: Sequence[CopyJob]) -> list[object]:
+        """Copy every job now (slot order is irrelevant without concurrency)."""
+        for job in jobs:
+            _check_slot(job.slot, self.num_slots)
+            job.dst.copy_(job.src)
+        return [None] * len(jobs)
+
+    def wait(self, token: object) -> None:
+        """Nothing to wait for: copies completed in `issue`."""
+
+    def release(self) -> None:
+        """Nothing staged."""
+
+
+class CudaCopyEngine:
+    """Copies on dedicated streams of the target and its peers, one CUDA event per job."""
+
+    def __init__(self, device: torch.device, peers: Sequence[torch.device] = ()) -> None:
+        self.device = device
+        self.peers = list(peers)
+        self.num_slots = 1 + len(self.peers)
+        self.copy_stream = torch.cuda.Stream(device)
+        # Cross-device copies make the *destination's current stream* wait for them (PyTorch's barrier);
+        # issuing them while this otherwise idle stream is current keeps that wait off the compute stream.
+        self.landing_stream = torch.cuda.Stream(device)
+        self.peer_h2d = [torch.cuda.Stream(p) for p in self.peers]
+        self.peer_p2p = [torch.cuda.Stream(p) for p in self.peers]
+        self._staging: list[torch.Tensor | None] = [None] * len(self.peers)
+
+    def issue(self, jobs: Sequence[CopyJob]) -> list[object]:
+        """Start target copies first (they are needed first), then each peer's share in layer order."""
+        tokens: list[object] = [None] * len(jobs)
+        compute = torch.cuda.current_stream(self.device)
+        # The arena was just allocated on the compute stream; copies must not overtake that.
+        self.copy_stream.wait_stream(compute)
+        with torch.cuda.stream(self.copy_stream):
+            for k, job in enumerate(jobs):
+                _check_slot(job.slot, self.num_slots)
+                if job.slot == 0:
+                    job.dst.copy_(job.src, non_blocking=True)
+                    tokens[k] = _record(self.copy_stream)
+        if self.num_slots > 1:
+            self._issue_peers(jobs, tokens)
+        return tokens
+
+    def _issue_peers(self, jobs: Sequence[CopyJob], tokens: list[object]) -> None:
+        per_peer = [[k for k, j in enumerate(jobs) if j.slot == s + 1] for s in range(len(self.peers))]
+        self.landing_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.landing_stream):
+            for s, indices in enumerate(per_peer):
+                if not indices:
+                    continue
+                peer, h2d, p2p = self.peers[s], self.peer_h2d[s], self.peer_p2p[s]
+                staging = torch.empty(sum(jobs[k].src.numel() for k in indices), dtype=torch.uint8, device=peer)
+                self._staging[s] = staging
+                cursor = 0
+                for k in indices:
+                    job = jobs[k]
+                    stage = staging[cursor : cursor + job.src.numel()]
+                    cursor += job.src.numel()
+                    with torch.cuda.stream(h2d):
+                        stage.copy_(job.src, non_blocking=True)
+                        landed = _record(h2d)
+                    p2p.wait_event(landed)
+                    with torch.cuda.stream(p2p):
+                        job.dst.copy_(stage, non_blocking=True)
+                        tokens[k] = _record(p2p)
+
+    def wait(self, token: object) -> None:
+        """Compute stream waits on the job's event (events from peer devices are fine for CUDA)."""
+        if token is not None:
+            torch.cuda.current_stream(self.device).wait_event(token)  # type: ignore[arg-type]
+
+    def release(self) -> None:
+        """Free peer staging; callers have synchronized with every copy before calling this."""
+        self._staging = [None] * len(self.peers)
+
+
+def _record(stream: torch.cuda.Stream) -> torch.cuda.Event:
+    event = torch.cuda.Event()
+    event.record(stream)
+    return event
+
+
+def _check_slot(slot: int, num_slots: int) -> None:
+    if not 0 <= slot < num_slots:
+        raise DeviceError(f"copy over slot {slot}, but only {num_slots} device(s) are configured")
+
+
+def resolve_devices(device_ids: Sequence[int] | None) -> list[torch.device]:
+    """Turn `-d 0 2` into devices (target first), checking they exist and that peers can reach the target.
+
+    Without CUDA (or with no ids and no GPU), returns `[cpu]`; asking for GPUs on a machine without them is
+    an error rather than a silent CPU fallback.
+    """
+    if not device_ids:
+        return [torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")]
+    if not torch.cuda.is_available():
+        raise DeviceError(f"devices {list(device_ids)} requested but CUDA is not available on this machine")
+    count = torch.cuda.device_count()
+    if len(set(device_ids)) != len(device_ids):
+        raise DeviceError(f"device list {list(device_ids)} repeats a device")
+    for d in device_ids:
+        if not 0 <= d < count:
+            raise DeviceError(f"device {d} does not exist: this machine has {count} GPU(s) (0..{count - 1})")
+    target = device_ids[0]
+    for peer in device_ids[1:]:
+        if not torch.cuda.can_device_access_peer(target, peer):
+            raise DeviceError(f"GPU {peer} has no peer access to GPU {target}: parallel transmission needs NVLink/P2P")
+    return [torch.device("cuda", d) for d in device_ids]
+
+
+def make_copy_engine(devices: Sequence[torch.device]) -> CopyEngine:
+    """The copy engine for a resolved device list (target first)."""
+    target = devices[0]
+    if target.type == "cpu":
+        return CpuCopyEngine(target, num_slots=len(devices))
+    return CudaCopyEngine(target, devices[1:])
