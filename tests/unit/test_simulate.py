@@ -1,0 +1,119 @@
+"""Simulator against hand-computed timelines."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from deepplan_backend.runtime.plan import (
+    DHA,
+    LayerProfile,
+    LinkProfile,
+    LoadSchedule,
+    ModelProfile,
+    PlanError,
+    PlanKey,
+)
+from planner.simulate import predict, predict_demand, simulate
+
+KEY = PlanKey("toy", 1, 8, "float32", "Test GPU")
+
+
+def profile(rows, *, h2d=10.0, p2p=100.0, concurrent=None) -> ModelProfile:
+    """rows: (nbytes, load_ms, exec_ms, dha_exec_ms) per layer."""
+    layers = tuple(LayerProfile(i, f"l{i}", *row) for i, row in enumerate(rows))
+    return ModelProfile(KEY, "fp", layers, LinkProfile(h2d, p2p, concurrent or {}), warm_ms=1.0)
+
+
+def test_single_link_pipeline_matches_hand_timeline():
+    # loads 2,1,3 on one queue -> ready 2,3,6; exec 1 each -> starts 2,3,6 ; ends 3,4,7
+    p = profile([(10, 2.0, 1.0, 9.0), (10, 1.0, 1.0, 9.0), (10, 3.0, 1.0, 9.0)])
+    r = simulate(p, LoadSchedule.all_on_target(3))
+    assert r.ready_ms == (2.0, 3.0, 6.0)
+    assert r.start_ms == (2.0, 3.0, 6.0)
+    assert r.end_ms == (3.0, 4.0, 7.0)
+    assert r.total_ms == 7.0
+    assert r.first_stall() == 0
+    assert r.first_stall(1) == 2
+    assert r.stall_ms(2) == pytest.approx(2.0)
+    assert r.total_stall_ms == pytest.approx(4.0)
+
+
+def test_dha_layer_ready_at_zero_and_uses_dha_time():
+    p = profile([(10, 5.0, 1.0, 1.5), (10, 1.0, 1.0, 9.0)])
+    r = simulate(p, LoadSchedule((DHA, 0), 1))
+    # layer 0 by DHA: 0..1.5 ; layer 1 copy alone on the link: ready 1.0 -> starts 1.5
+    assert r.ready_ms == (0.0, 1.0)
+    assert r.end_ms == (1.5, 2.5)
+    assert r.first_stall() is None
+
+
+def test_peer_copies_then_forwards_with_overlap_and_contention():
+    # 1 GB/s over NVLink: a 1e6-byte layer forwards in 1 ms. Two slots in use, aggregate 10 GB/s for 2 links
+    # -> 5 GB/s each -> copies take twice as long.
+    p = profile(
+        [(1_000_000, 1.0, 0.5, 99.0), (1_000_000, 1.0, 0.5, 99.0), (1_000_000, 1.0, 0.5, 99.0)],
+        h2d=10.0,
+        p2p=1.0,
+        concurrent={2: 10.0},
+    )
+    r = simulate(p, LoadSchedule((0, 1, 1), 2))
+    # slot 0: layer 0 copy 0..2. slot 1: layer 1 copy 0..2, forward 2..3; layer 2 copy 2..4, forward 4..5
+    assert r.ready_ms == pytest.approx((2.0, 3.0, 5.0))
+    assert r.start_ms == pytest.approx((2.0, 3.0, 5.0))
+    assert r.total_ms == pytest.approx(5.5)
+
+
+def test_forward_queue_serializes_when_nvlink_is_the_bottleneck():
+    # copies 1 ms each, forwards 3 ms each: forward of layer 1 waits for the forward of layer 0
+    p = profile([(3_000_000, 1.0, 0.1, 99.0), (3_000_000, 1.0, 0.1, 99.0)], p2p=1.0)
+    r = simulate(p, LoadSchedule((1, 1), 2))
+    assert r.ready_ms == pytest.approx((4.0, 7.0))
+    assert r.total_ms == pytest.approx(7.1)
+
+
+def test_unused_slot_does_not_count_as_contention():
+    p = profile([(10, 1.0, 1.0, 9.0)], concurrent={2: 10.0})
+    r = simulate(p, LoadSchedule((0,), 2))
+    assert r.total_ms == pytest.approx(2.0)
+
+
+def test_demand_copies_all_bytes_then_runs():
+    # 2e7 bytes at 10 GB/s = 2 ms, then exec 1 + 2
+    p = profile([(10_000_000, 9.0, 1.0, 0.0), (10_000_000, 9.0, 2.0, 0.0)])
+    r = predict_demand(p)
+    assert r.total_ms == pytest.approx(5.0)
+    assert r.start_ms == pytest.approx((2.0, 3.0))
+    assert predict(p, "demand", LoadSchedule.all_on_target(2)).total_ms == pytest.approx(5.0)
+
+
+def test_predict_dispatch_and_errors():
+    p = profile([(10, 2.0, 1.0, 1.0), (10, 1.0, 1.0, 9.0)])
+    assert predict(p, "pipeline", LoadSchedule.all_on_target(2)).total_ms == 4.0
+    assert predict(p, "deepplan", LoadSchedule((DHA, 0), 1)).total_ms == 2.0
+    with pytest.raises(PlanError, match="unknown engine"):
+        predict(p, "warp", LoadSchedule.all_on_target(2))
+    with pytest.raises(PlanError, match="pipeline engine copies every layer"):
+        predict(p, "pipeline", LoadSchedule((DHA, 0), 1))
+    with pytest.raises(PlanError, match="toy: schedule has 1 sources but the profile has 2 layers"):
+        simulate(p, LoadSchedule.all_on_target(1))
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf])
+def test_bad_profile_times_are_named(bad):
+    p = profile([(10, bad, 1.0, 1.0)])
+    with pytest.raises(PlanError, match=r"toy: layer 0 \(l0\) load_ms"):
+        simulate(p, LoadSchedule.all_on_target(1))
+
+
+def test_bad_links_are_named():
+    p = profile([(10, 1.0, 1.0, 1.0)], p2p=0.0)
+    with pytest.raises(PlanError, match="toy: link profile p2p_gbps"):
+        predict_demand(p)
+
+
+def test_empty_model_takes_no_time():
+    p = profile([])
+    assert simulate(p, LoadSchedule.all_on_target(0)).total_ms == 0.0
+    assert predict_demand(p).total_ms == 0.0
