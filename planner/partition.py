@@ -46,14 +46,10 @@ def schedule_from_cuts(
 ) -> LoadSchedule:
     """Build the LoadSchedule that gives loaded layers [cuts[s-1], cuts[s]) to slot s (DHA elsewhere)."""
     if len(cuts) != num_devices - 1:
-        raise PlanError(
-            f"{profile.key.model}: {num_devices} devices need {num_devices - 1} cuts, got {len(cuts)}"
-        )
+        raise PlanError(f"{profile.key.model}: {num_devices} devices need {num_devices - 1} cuts, got {len(cuts)}")
     bounds = [0, *cuts, len(loaded)]
     if any(a > b for a, b in zip(bounds, bounds[1:], strict=False)):
-        raise PlanError(
-            f"{profile.key.model}: partition cuts {list(cuts)} are not ordered within 0..{len(loaded)}"
-        )
+        raise PlanError(f"{profile.key.model}: partition cuts {list(cuts)} are not ordered within 0..{len(loaded)}")
     sources = [DHA] * len(profile.layers)
     for slot in range(num_devices):
         for pos in range(bounds[slot], bounds[slot + 1]):
@@ -133,9 +129,7 @@ def _sources_from_cuts(num_layers: int, loaded: Sequence[int], cuts: Sequence[in
     return sources
 
 
-def _search_cut(
-    evaluate: Callable[[int], float], current: int, best: float, low: int, high: int
-) -> tuple[int, float]:
+def _search_cut(evaluate: Callable[[int], float], current: int, best: float, low: int, high: int) -> tuple[int, float]:
     """Best position for one cut within [low, high], starting from `current` whose total is `best`.
 
     Short ranges are searched exhaustively. Long ones get a coarse grid over the whole range (both ends

@@ -71,9 +71,7 @@ def check_profile(profile: ModelProfile) -> None:
             raise PlanError(f"{name}: link profile {label} must be a positive number, got {value!r}")
     for pos, layer in enumerate(profile.layers):
         if layer.index != pos:
-            raise PlanError(
-                f"{name}: layer at position {pos} has index {layer.index}; layers must be in order"
-            )
+            raise PlanError(f"{name}: layer at position {pos} has index {layer.index}; layers must be in order")
         if layer.nbytes < 0:
             raise PlanError(f"{name}: layer {pos} ({layer.name}) has negative size {layer.nbytes}")
         for label, value in (
@@ -82,9 +80,7 @@ def check_profile(profile: ModelProfile) -> None:
             ("dha_exec_ms", layer.dha_exec_ms),
         ):
             if not (math.isfinite(value) and value >= 0):
-                raise PlanError(
-                    f"{name}: layer {pos} ({layer.name}) {label} must be finite and >= 0, got {value!r}"
-                )
+                raise PlanError(f"{name}: layer {pos} ({layer.name}) {label} must be finite and >= 0, got {value!r}")
 
 
 def _check_schedule(profile: ModelProfile, schedule: LoadSchedule) -> None:
@@ -216,9 +212,7 @@ def predict_demand(profile: ModelProfile) -> SimResult:
 def predict(profile: ModelProfile, engine: str, schedule: LoadSchedule) -> SimResult:
     """Predict a cold start for an engine mode ("demand" ignores the schedule beyond its length)."""
     if engine not in ENGINES:
-        raise PlanError(
-            f"{profile.key.model}: unknown engine {engine!r}; expected one of {', '.join(ENGINES)}"
-        )
+        raise PlanError(f"{profile.key.model}: unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     if engine == "demand":
         _check_schedule(profile, schedule)
         return predict_demand(profile)

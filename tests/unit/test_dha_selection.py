@@ -65,9 +65,7 @@ def test_candidate_bound_is_exec_plus_one_and_a_half_loads():
 
 
 def test_rank_prefers_small_penalty_per_load_then_large_load():
-    p = profile(
-        [("slow", 54_000_000, 0.1, 0.6), ("free", 5_400_000, 0.1, 0.1), ("big", 108_000_000, 0.1, 1.1)]
-    )
+    p = profile([("slow", 54_000_000, 0.1, 0.6), ("free", 5_400_000, 0.1, 0.1), ("big", 108_000_000, 0.1, 1.1)])
     order = sorted(range(3), key=lambda i: candidate_rank(p, i))
     assert order == [1, 2, 0]  # free first; slow and big tie on penalty/load, the larger load wins
     assert candidate_rank(p, 1)[0] == 0.0
