@@ -70,3 +70,22 @@ def test_chosen_variants_and_missing_variant():
     assert "deepplan x2: predicted" not in text
     with pytest.raises(PlanError, match="no deepplan variant for 4 device"):
         format_plan(make(), chosen=[("deepplan", 4)])
+
+
+def test_made_plan_survives_the_repository_and_shows(tmp_path):
+    from deepplan_backend.runtime.plan import ModelProfile
+    from deepplan_backend.runtime.plan_repository import load_plan, save_plan
+    from planner.planning import make_plan
+
+    rows = [("embeddings.word", 93_763_584, 0.018, 0.034)] + [
+        (f"layer{i}.dense", 9_437_184, 0.08, 3.2) for i in range(10)
+    ]
+    layers = tuple(LayerProfile(i, n, b, b / 54e6, ex, dha) for i, (n, b, ex, dha) in enumerate(rows))
+    profile = ModelProfile(KEY, "f00dfeed", layers, LinkProfile(54.0, 390.0, {2: 81.0, 4: 132.0}), 5.5)
+    plan = make_plan(profile, [1, 2, 4], created_at="2025-06-01")
+    save_plan(tmp_path, plan)
+    loaded = load_plan(tmp_path, KEY, "f00dfeed")
+    assert loaded == plan
+    text = format_plan(loaded)
+    assert text.count(": predicted ") == 3  # one table per deepplan variant
+    assert "deepplan x4" in text and "embeddings.word" in text
