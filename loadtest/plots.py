@@ -56,19 +56,21 @@ def plot_timeline(
     """Write sent rate, p99 latency and cold-start rate per window of ``window_s`` seconds to ``path``."""
     path = Path(path)
     stats = windowed(records, window_s, slo_ms, duration_s)
-    starts = np.array([w.start_s for w in stats])
+    # Each window's value is drawn across the whole window: one more edge than values.
+    edges = np.array([w.start_s for w in stats] + [stats[-1].start_s + window_s])
 
     def series(values: list[float | None]) -> np.ndarray:
-        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        data = [np.nan if v is None else v for v in values]
+        return np.array(data + data[-1:], dtype=np.float64)
 
     fig, axes = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
-    axes[0].step(starts, [w.sent_rate_rps for w in stats], where="post")
+    axes[0].step(edges, series([w.sent_rate_rps for w in stats]), where="post")
     axes[0].set_ylabel("sent (req/s)")
-    axes[1].step(starts, series([w.p99_ms for w in stats]), where="post")
+    axes[1].step(edges, series([w.p99_ms for w in stats]), where="post")
     axes[1].axhline(slo_ms, color="red", linestyle="--", label=f"SLO {slo_ms:g} ms")
     axes[1].set_ylabel("p99 latency (ms)")
     axes[1].legend(loc="upper right")
-    axes[2].step(starts, 100.0 * series([w.cold_start_rate for w in stats]), where="post")
+    axes[2].step(edges, 100.0 * series([w.cold_start_rate for w in stats]), where="post")
     axes[2].set_ylabel("cold starts (%)")
     axes[2].set_xlabel(f"time since start (s), windows of {window_s:g} s")
     for ax in axes:
