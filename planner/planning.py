@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from deepplan_backend.runtime.plan import LoadSchedule, ModelProfile, Plan, PlanError, PlanVariant
-from planner.dha_selection import select_dha_layers
+from planner.dha_selection import Partitioner, select_dha_layers
 from planner.partition import best_partition, byte_shares, even_byte_split, weighted_split
 from planner.simulate import CostModel, predict_demand
 
@@ -16,7 +16,7 @@ MAX_DEVICES = 64
 """More device slots than any host has; a larger count is a typo, not a plan."""
 
 
-def _shares_partitioner(shares: Sequence[float]):
+def _shares_partitioner(shares: Sequence[float]) -> Partitioner:
     """A partitioner that keeps the given byte shares per slot whatever the DHA set (round two's split)."""
 
     def split(profile: ModelProfile, dha: Collection[int], num_devices: int) -> LoadSchedule:
