@@ -1,5 +1,6 @@
-"""The host weight store: all of a model's tensors packed in ONE pinned host buffer, layer after layer in
-execution order, and DHA views that let GPU kernels read them in place.
+"""The host weight store: a model's tensors packed in ONE pinned host buffer, and DHA views of it.
+
+Layers are packed one after another in execution order; DHA views let GPU kernels read them in place.
 
 Packing matters twice: a layer (or a run of layers) is copied in one transfer instead of one per tensor
 (hundreds of small copies run far below the link's bandwidth), and the device arena can mirror the layout so
@@ -88,9 +89,7 @@ class HostStore:
         """
         if base is None:
             base = self.layer_bytes(layer.index)
-        return {
-            t.attr: base[t.offset : t.offset + t.nbytes].view(t.dtype).view(t.shape) for t in layer.tensors
-        }
+        return {t.attr: base[t.offset : t.offset + t.nbytes].view(t.dtype).view(t.shape) for t in layer.tensors}
 
     def dha_base(self, device: torch.device) -> torch.Tensor:
         """A uint8 tensor on `device` aliasing the whole pinned buffer: GPU kernels read host memory directly."""

@@ -1,5 +1,4 @@
-"""Copy engines: how a layer's packed bytes travel from the host store to the target device, and how the
-compute stream learns that they arrived.
+"""Copy engines: how a layer's bytes travel from host to target, and how compute learns they arrived.
 
 This is the one place that knows about CUDA streams, events and NVLink forwarding. The CPU implementation
 runs the same calls synchronously, so the engine's ordering logic is exercised in CI without a GPU.

@@ -1,5 +1,6 @@
-"""Model sources: the paper's eight models (and tiny test variants) built from `transformers` configs with
-seeded random weights, or a user's local Hugging Face checkpoint folder.
+"""Model sources: the zoo (seeded random weights from `transformers` configs) or a local checkpoint folder.
+
+The zoo holds the paper's eight models and tiny test variants of each family.
 
 Every served model is wrapped so that it takes named tensors and returns ONE float tensor, the same for all
 engines and for the plain `transformers` reference:
@@ -98,7 +99,16 @@ ZOO: Mapping[str, ModelSpec] = {
     )
 }
 
-PAPER_MODELS = ("resnet50", "resnet101", "bert-base", "bert-large", "roberta-base", "roberta-large", "gpt2", "gpt2-medium")
+PAPER_MODELS = (
+    "resnet50",
+    "resnet101",
+    "bert-base",
+    "bert-large",
+    "roberta-base",
+    "roberta-large",
+    "gpt2",
+    "gpt2-medium",
+)
 TINY_MODELS = ("tiny-resnet", "tiny-bert", "tiny-roberta", "tiny-gpt2")
 
 _FAMILY_OF_MODEL_TYPE = {"resnet": "resnet", "bert": "bert", "roberta": "roberta", "gpt2": "gpt2"}

@@ -1,0 +1,133 @@
+"""`python3 -m benchmark -m resnet50 -e deepplan -d 0 2`: average cold inference time, as the seed's benchmark.
+
+Table mode (`--table`) runs models x configurations (`ENGINE:DEVICES`, e.g. `deepplan:0,1`) and writes CSV and
+JSON with cold, warm, load-bound limit and predicted latency per row; `--make-plans` profiles and plans any
+model whose plan is missing first (same run, same machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from deepplan_backend.runtime.plan import ENGINES, Plan, PlanError
+from deepplan_backend.runtime.plan_repository import PlanNotFound, load_plan, save_plan
+from deepplan_backend.runtime.prepared import PreparedModel, gpu_name, prepare
+from deepplan_backend.runtime.transfer import DeviceError, resolve_devices
+from deepplan_backend.runtime.zoo import PAPER_MODELS, ModelSourceError, parse_dtype
+from planner.__main__ import default_plan_repo, device_counts_for
+from planner.planning import make_plan
+from planner.profiler import measure_links, profile_model
+
+from .measure import Measurement, measure
+from .table import default_configs, parse_config, write_results
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m benchmark", description=__doc__)
+    p.add_argument("-m", "--model", action="append", default=[], help="zoo name or checkpoint folder (repeatable)")
+    p.add_argument("--all", action="store_true", help="the paper's eight models")
+    p.add_argument("-e", "--engine", default="deepplan", choices=ENGINES)
+    p.add_argument("-d", "--devices", type=int, nargs="+", default=None, help="GPU ids, target first (default: 0)")
+    p.add_argument("-p", "--plan-repo", type=Path, default=None, help="default: $PLAN_REPO or ./plans")
+    p.add_argument("-b", "--batch-size", type=int, default=1)
+    p.add_argument("-s", "--seq-len", type=int, default=None)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("-n", "--repeats", type=int, default=10, help="cold starts measured (after warm-up)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--table", action="store_true", help="run every model x --configs and write CSV/JSON")
+    p.add_argument("--configs", nargs="+", default=None, help="ENGINE:DEVICES items, e.g. demand:0 deepplan:0,1")
+    p.add_argument("-o", "--output", type=Path, default=Path("results/benchmark.csv"), help="table CSV path")
+    p.add_argument("--make-plans", action="store_true", help="profile and plan models whose plan is missing")
+    return p
+
+
+def obtain_plan(prepared: PreparedModel, args: argparse.Namespace, repo: Path, all_devices: list[torch.device]) -> Plan:
+    """Load the model's plan for this GPU, or (with --make-plans) profile and plan it now."""
+    key = prepared.plan_key(args.batch_size, args.seq_len, gpu_name(all_devices[0]))
+    try:
+        return load_plan(repo, key, prepared.fingerprint)
+    except PlanNotFound:
+        if not args.make_plans:
+            raise
+    import datetime as dt
+
+    profile = profile_model(prepared, all_devices, args.batch_size, args.seq_len)
+    plan = make_plan(profile, device_counts_for(len(all_devices)), dt.datetime.now(dt.timezone.utc).isoformat())
+    save_plan(repo, plan)
+    return plan
+
+
+def run_single(args: argparse.Namespace, repo: Path) -> int:
+    """The seed's interface: one model, one engine, one device list."""
+    devices = resolve_devices(args.devices)
+    for name in args.model or ["resnet50"]:
+        prepared = prepare(name, dtype=parse_dtype(args.dtype))
+        plan = obtain_plan(prepared, args, repo, devices) if args.engine == "deepplan" or args.make_plans else None
+        links = measure_links(devices)
+        print(f"Benchmarking Inference {prepared.model.name}")
+        result = measure(
+            prepared, args.engine, devices, plan, links, args.batch_size, args.seq_len, args.repeats, args.warmup
+        )
+        print(f"model average inference time : {result.cold_ms:.4f} ms")
+        print(
+            f"  warm {result.warm_ms:.3f} ms | load-bound limit {result.limit_ms:.3f} ms"
+            + (f" | predicted {result.predicted_ms:.3f} ms" if result.predicted_ms is not None else "")
+        )
+    return 0
+
+
+def run_table(args: argparse.Namespace, repo: Path) -> int:
+    """Every model x every configuration; rows written as they complete."""
+    configs = [parse_config(c) for c in args.configs] if args.configs else default_configs()
+    all_devices = resolve_devices(sorted({d for _, ids in configs for d in ids}))
+    # Bandwidths of every device set used, measured once in this run (the limit column depends on them).
+    links = {ids: measure_links(resolve_devices(list(ids))) for ids in {ids for _, ids in configs}}
+    rows: list[Measurement] = []
+    models = list(PAPER_MODELS) if args.all else (args.model or ["resnet50"])
+    for name in models:
+        prepared = prepare(name, dtype=parse_dtype(args.dtype))
+        plan = obtain_plan(prepared, args, repo, all_devices)
+        for engine, ids in configs:
+            result = measure(
+                prepared,
+                engine,
+                resolve_devices(list(ids)),
+                plan,
+                links[ids],
+                args.batch_size,
+                args.seq_len,
+                args.repeats,
+                args.warmup,
+            )
+            rows.append(result)
+            shown = ",".join(map(str, ids)) or str(all_devices[0])
+            print(
+                f"{name:14s} {engine:9s} d={shown:8s} cold {result.cold_ms:8.3f} ms  "
+                f"warm {result.warm_ms:7.3f}  limit {result.limit_ms:7.3f}  "
+                f"pred {result.predicted_ms if result.predicted_ms is not None else float('nan'):8.3f}",
+                flush=True,
+            )
+            write_results(rows, args.output, gpu_name(all_devices[0]), args.dtype)
+        del prepared
+    print(f"wrote {args.output} and {args.output.with_suffix('.json')}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    repo = args.plan_repo or default_plan_repo()
+    try:
+        return run_table(args, repo) if args.table else run_single(args, repo)
+    except (ModelSourceError, DeviceError, PlanError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""`python3 -m planner -m resnet50 -p plans`: profile a model on this machine's GPU and write its plan.
+
+Like the seed's `plan.py`, plus: `--all` plans the paper's eight models, `-d` chooses the GPUs whose links
+are measured for parallel transmission, and `--show FILE` prints a plan as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from deepplan_backend.runtime.plan import PlanError
+from deepplan_backend.runtime.plan_repository import read_plan, save_plan
+from deepplan_backend.runtime.prepared import prepare
+from deepplan_backend.runtime.transfer import DeviceError, resolve_devices
+from deepplan_backend.runtime.zoo import PAPER_MODELS, ModelSourceError, parse_dtype
+
+from .plan_view import format_plan
+from .planning import make_plan
+from .profiler import profile_model
+
+
+def default_plan_repo() -> Path:
+    """`PLAN_REPO` if set (the seed's variable), else `./plans`."""
+    return Path(os.environ.get("PLAN_REPO", "plans"))
+
+
+def device_counts_for(num_devices: int) -> list[int]:
+    """Plan variants for 1 device and for every power of two up to the number of GPUs given."""
+    counts, k = [1], 2
+    while k <= num_devices:
+        counts.append(k)
+        k *= 2
+    if num_devices not in counts:
+        counts.append(num_devices)
+    return counts
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m planner", description=__doc__)
+    p.add_argument("-m", "--model", action="append", default=[], help="zoo name or HF checkpoint folder (repeatable)")
+    p.add_argument("--all", action="store_true", help="plan the paper's eight models")
+    p.add_argument(
+        "-p", "--plan-repo", type=Path, default=None, help="plan repository (default: $PLAN_REPO or ./plans)"
+    )
+    p.add_argument("-b", "--batch-size", type=int, default=1)
+    p.add_argument(
+        "-s", "--seq-len", type=int, default=None, help="default: the model's (384 BERT/RoBERTa, 1024 GPT-2)"
+    )
+    p.add_argument("--dtype", default="float32", help="float32 (default), float16, bfloat16")
+    p.add_argument(
+        "-d", "--devices", type=int, nargs="+", default=None, help="GPU ids; first is the target (default: all)"
+    )
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--show", type=Path, default=None, metavar="PLAN_FILE", help="print a plan file and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _all_devices() -> list[int] | None:
+    import torch
+
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else None
+
+
+def plan_one(name: str, args: argparse.Namespace, repo: Path) -> Path:
+    """Profile and plan one model; returns the written plan file."""
+    devices = resolve_devices(args.devices if args.devices is not None else _all_devices())
+    prepared = prepare(name, dtype=parse_dtype(args.dtype))
+    profile = profile_model(
+        prepared, devices, args.batch_size, args.seq_len, args.warmup, args.repeats, progress=not args.quiet
+    )
+    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    plan = make_plan(profile, device_counts_for(len(devices)), created)
+    path = save_plan(repo, plan)
+    print(format_plan(plan))
+    print(f"plan written: {path}")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    if args.show is not None:
+        try:
+            print(format_plan(read_plan(args.show)))
+        except PlanError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    models = list(PAPER_MODELS) if args.all else args.model
+    if not models:
+        _parser().error("give -m MODEL (repeatable) or --all")
+    repo = args.plan_repo or default_plan_repo()
+    repo.mkdir(parents=True, exist_ok=True)
+    for name in models:
+        try:
+            plan_one(name, args, repo)
+        except (ModelSourceError, DeviceError, PlanError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Measure what the planner needs on the device planned for: per-layer copy/exec/DHA times, link bandwidths.
+
+A layer's exec time is the span between its forward pre-hook and the next layer's in a real forward (device
+events on GPU, the host clock on CPU), so glue operations between layers are counted once and the per-layer
+times add up to the forward. DHA times come from the same forward with every layer bound to pinned host
+memory; each layer's span then only reads its own weights over PCIe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from deepplan_backend.runtime.engine import ColdStartEngine
+from deepplan_backend.runtime.plan import DHA, LayerProfile, LinkProfile, LoadSchedule, ModelProfile
+from deepplan_backend.runtime.prepared import PreparedModel, gpu_name
+
+LINK_PROBE_BYTES = 256 << 20
+
+
+class _Clock:
+    """Device events on CUDA (what the GPU timeline did), the host clock on CPU (where work is synchronous)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+
+    def mark(self) -> object:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(torch.cuda.current_stream(self.device))
+            return event
+        return time.perf_counter()
+
+    def elapsed_ms(self, a: object, b: object) -> float:
+        if self.cuda:
+            return float(a.elapsed_time(b))  # type: ignore[attr-defined]
+        return (b - a) * 1e3  # type: ignore[operator]
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+
+def _segment_times(engine: ColdStartEngine, inputs: dict[str, torch.Tensor], clock: _Clock) -> list[float]:
+    """One forward; per layer, the time from its pre-hook to the next observed layer's (0 for unobserved)."""
+    table = engine.store.table
+    modules = dict(engine.model.module.named_modules())
+    marks: list[tuple[int, object]] = []
+    handles = [
+        modules[layer.name].register_forward_pre_hook(lambda _m, _a, i=layer.index: marks.append((i, clock.mark())))
+        for layer in table
+        if layer.observed
+    ]
+    try:
+        device_inputs = engine._to_device(inputs)
+        with torch.inference_mode():
+            start = clock.mark()
+            engine.model.module(**device_inputs)
+            end = clock.mark()
+    finally:
+        for h in handles:
+            h.remove()
+    clock.sync()
+    times = [0.0] * len(table)
+    seen: set[int] = set()
+    bounds = [m for m in marks if not (m[0] in seen or seen.add(m[0]))]  # first call of each layer
+    for k, (index, mark) in enumerate(bounds):
+        begin = start if k == 0 else mark
+        finish = bounds[k + 1][1] if k + 1 < len(bounds) else end
+        times[index] = clock.elapsed_ms(begin, finish)
+    return times
+
+
+def _median_runs(run: Callable[[], list[float]], warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        run()
+    samples = [run() for _ in range(repeats)]
+    return [statistics.median(col) for col in zip(*samples, strict=True)]
+
+
+def _layer_load_times(prepared: PreparedModel, device: torch.device, clock: _Clock) -> list[float]:
+    """Copy every layer's packed bytes alone, back to back on one stream, timing each copy."""
+    store = prepared.store
+    dst = torch.empty(prepared.table.total_bytes, dtype=torch.uint8, device=device)
+    times = []
+    stream = torch.cuda.Stream(device) if clock.cuda else None
+    ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+    with ctx:
+        marks = [clock.mark()]
+        for layer in prepared.table:
+            start, end = store.layer_range(layer.index)
+            dst[start:end].copy_(store.buffer[start:end], non_blocking=True)
+            marks.append(_mark_on(clock, stream))
+    clock.sync()
+    if stream is not None:
+        stream.synchronize()
+    for a, b in zip(marks, marks[1:], strict=False):
+        times.append(clock.elapsed_ms(a, b))
+    del dst
+    return times
+
+
+def _mark_on(clock: _Clock, stream: object) -> object:
+    if stream is None:
+        return clock.mark()
+    event = torch.cuda.Event(enable_timing=True)
+    event.record(stream)  # type: ignore[arg-type]
+    return event
+
+
+def measure_links(devices: Sequence[torch.device], nbytes: int = LINK_PROBE_BYTES) -> LinkProfile:
+    """Host-to-device bandwidth alone and with k devices copying at once, and peer-to-target (NVLink)."""
+    target = devices[0]
+    if target.type != "cuda":
+        src = torch.empty(nbytes, dtype=torch.uint8)
+        dst = torch.empty_like(src)
+        gbps = nbytes / _best_seconds(lambda: dst.copy_(src), lambda: None) / 1e9
+        return LinkProfile(h2d_gbps=gbps, p2p_gbps=gbps, concurrent_h2d_gbps={1: gbps})
+    host = torch.empty(nbytes * len(devices), dtype=torch.uint8, pin_memory=True)
+    dsts = [torch.empty(nbytes, dtype=torch.uint8, device=d) for d in devices]
+    streams = [torch.cuda.Stream(d) for d in devices]
+
+    def copy_on(k: int) -> Callable[[], None]:
+        def run() -> None:
+            for i in range(k):
+                with torch.cuda.stream(streams[i]):
+                    dsts[i].copy_(host[i * nbytes : (i + 1) * nbytes], non_blocking=True)
+
+        return run
+
+    def sync_all() -> None:
+        for s in streams:
+            s.synchronize()
+
+    concurrent = {k: k * nbytes / _best_seconds(copy_on(k), sync_all) / 1e9 for k in range(1, len(devices) + 1)}
+    p2p = concurrent[1]
+    if len(devices) > 1:
+        peer_src = dsts[1]
+
+        def peer_copy() -> None:
+            with torch.cuda.stream(streams[0]):
+                dsts[0].copy_(peer_src, non_blocking=True)
+
+        p2p = nbytes / _best_seconds(peer_copy, sync_all) / 1e9
+    torch.cuda.empty_cache()
+    return LinkProfile(h2d_gbps=concurrent[1], p2p_gbps=p2p, concurrent_h2d_gbps=concurrent)
+
+
+def _best_seconds(run: Callable[[], object], sync: Callable[[], None], repeats: int = 5) -> float:
+    """Median wall time of `run` (synchronized), after one warm-up."""
+    run()
+    sync()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        sync()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def profile_model(
+    prepared: PreparedModel,
+    devices: Sequence[torch.device],
+    batch_size: int = 1,
+    seq_len: int | None = None,
+    warmup: int = 3,
+    repeats: int = 10,
+    progress: bool = True,
+) -> ModelProfile:
+    """Profile `prepared` on `devices[0]` (links over all of `devices`), leaving the device empty afterwards."""
+    target = devices[0]
+    clock = _Clock(target)
+    inputs = prepared.model.example_inputs(batch_size, seq_len)
+    n = len(prepared.table)
+    engine = ColdStartEngine(prepared.model, prepared.store, [target])
+    steps = tqdm(total=5, desc=f"profile {prepared.model.name}", disable=not progress, unit="step")
+    try:
+        engine.infer(inputs, LoadSchedule.all_on_target(n))  # provision: every layer resident
+        steps.update()
+        exec_ms = _median_runs(lambda: _segment_times(engine, inputs, clock), warmup, repeats)
+        warm_ms = sum(exec_ms)
+        steps.update()
+        engine.evict()
+        engine.infer(inputs, LoadSchedule((DHA,) * n))  # every layer read in place from host memory
+        dha_ms = _median_runs(lambda: _segment_times(engine, inputs, clock), warmup, repeats)
+        engine.evict()
+        steps.update()
+        load_ms = _median_runs(lambda: _layer_load_times(prepared, target, clock), warmup, repeats)
+        steps.update()
+        links = measure_links(devices)
+        steps.update()
+    finally:
+        engine.evict()
+        steps.close()
+    layers = tuple(
+        LayerProfile(i, layer.name, layer.nbytes, load_ms[i], exec_ms[i], dha_ms[i])
+        for i, layer in enumerate(prepared.table)
+    )
+    key = prepared.plan_key(batch_size, seq_len, gpu_name(target))
+    return ModelProfile(key=key, fingerprint=prepared.fingerprint, layers=layers, links=links, warm_ms=warm_ms)
