@@ -57,8 +57,11 @@ GRPC_ADMIN_HEADER_KEY = f"triton-grpc-protocol-{ADMIN_HEADER_KEY}"
 RESTRICTED_CATEGORY = "model-repository"
 """The one API category behind the token; inference, health, metadata and metrics stay open."""
 
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.~+/-]+$")  # no ':', '=' or ',' (flag syntax) and no whitespace
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.~-]+$")  # no ':', '=' or ',' (flag syntax) and no whitespace
 _LOG = "[deepplan]"
+_ERROR_LINE = re.compile(r"^E\d{4} ")  # tritonserver's error lines: "E1127 05:57:55.870424 <pid> file.cc:621] ..."
+# Printed on every machine without a CUDA driver; it does not stop the server, so it explains nothing.
+_CPU_ONLY_NOISE = ("CudaDriverHelper has not been initialized",)
 
 
 class ServeError(RuntimeError):
@@ -130,7 +133,7 @@ class ServeConfig:
         if not _TOKEN_RE.match(self.admin_token):
             raise ServeError(
                 f"the admin token (from {ADMIN_TOKEN_ENV} or generated) may only hold letters, digits and "
-                "'_.~+/-': tritonserver parses ':', '=' and ',' in --http-restricted-api"
+                "'_.~-': tritonserver parses ':', '=' and ',' in --http-restricted-api"
             )
         ports = {"HTTP": self.http_port, "gRPC": self.grpc_port, "metrics": self.metrics_port}
         for name, port in ports.items():
@@ -294,6 +297,7 @@ class TritonServer:
         self.cfg = cfg
         self._sink = log_sink if log_sink is not None else _write_to(sys.stdout)
         self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        self._errors: collections.deque[str] = collections.deque(maxlen=20)
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._stop_requested_at: float | None = None
@@ -312,6 +316,10 @@ class TritonServer:
     def log_tail(self) -> str:
         """The last lines the server printed."""
         return "".join(self._tail)
+
+    def error_lines(self) -> list[str]:
+        """The server's recent error-level log lines (first line of each), without CPU-only noise."""
+        return list(self._errors)
 
     def poll(self) -> int | None:
         """Exit code of the server, or ``None`` while it runs (or before start)."""
@@ -346,6 +354,8 @@ class TritonServer:
         for raw in self._proc.stdout:
             line = raw.decode("utf-8", errors="replace")
             self._tail.append(line)
+            if _ERROR_LINE.match(line) and not any(n in line for n in _CPU_ONLY_NOISE):
+                self._errors.append(line)
             self._sink(line)
 
     def is_ready(self) -> bool:
@@ -375,9 +385,10 @@ class TritonServer:
             if code is not None:
                 if self._reader:
                     self._reader.join(timeout=2)  # the last lines usually say why
+                last = next((line for line in reversed(self._tail) if line.strip()), "(no output)")
                 raise ServerExitedError(
-                    f"tritonserver exited with code {code} before it was ready; last log lines:\n"
-                    + "".join(list(self._tail)[-25:])
+                    f"tritonserver exited with code {code} before it was ready (full log above):\n"
+                    + "".join(f"  {line}" for line in [*self._errors, last])
                 )
             elapsed = time.monotonic() - t0
             if elapsed > self.cfg.ready_timeout_s:
@@ -492,7 +503,6 @@ def serve(cfg: ServeConfig, *, token_generated: bool = False) -> int:
     # Importing torch takes seconds: look at the devices while the server boots, not after.
     devices: list[str] = []
     probe = threading.Thread(target=lambda: devices.append(describe_devices()), daemon=True)
-    probe.start()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if not server.stopping:
@@ -505,6 +515,7 @@ def serve(cfg: ServeConfig, *, token_generated: bool = False) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.start()
+        probe.start()
         _say(f"started tritonserver (pid {server.pid}), backends in {server.backends_dir}")
         if server.wait_ready(progress=_say):
             probe.join()

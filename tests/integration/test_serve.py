@@ -154,6 +154,21 @@ def test_default_binding_is_loopback(triton):
     assert f"Started HTTPService at 127.0.0.1:{triton.http_url.rsplit(':', 1)[1]}" in triton.log()
 
 
+def test_a_model_that_fails_to_load_stops_the_start_with_its_error(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "model.py").write_text(
+        "class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('boom: no plan')\n"
+    )
+    triton_server.write_model(tmp_path / "repo", "broken", CONFIG)
+    with pytest.raises(serve.ServerExitedError) as exc:
+        with triton_server.running_triton(tmp_path / "repo", backend_source=source):
+            pass
+    message = str(exc.value)
+    assert "failed to load 'broken' version 1: Internal: RuntimeError: boom: no plan" in message
+    assert "CudaDriverHelper" not in message
+
+
 def cli(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "deepplan_backend", "serve", *args],
