@@ -336,6 +336,8 @@ class TritonServer:
             source_dir=self.cfg.backend_source,
             dist=dist,
         )
+        if self.stopping:  # a Ctrl-C while the backends folder was being built
+            raise ServeError("stop requested before tritonserver was started")
         self._proc = subprocess.Popen(
             server_command(self.cfg, dist, self.backends_dir),
             env=server_env(dist),
@@ -405,10 +407,10 @@ class TritonServer:
 
     def request_stop(self, sig: int = signal.SIGINT) -> None:
         """Send ``sig`` to ``tritonserver`` once (it unloads models, then exits); later calls do nothing."""
-        if self._proc is None or self.stopping:
+        if self.stopping:
             return
-        self._stop_requested_at = time.monotonic()
-        if self._proc.poll() is None:
+        self._stop_requested_at = time.monotonic()  # before start(): start() will refuse
+        if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(sig)
 
     def kill(self) -> None:
@@ -451,6 +453,7 @@ class TritonServer:
         return 0 if code is None else code
 
     def __enter__(self) -> TritonServer:
+        """Start the server (without waiting for readiness: call :meth:`wait_ready`)."""
         self.start()
         return self
 
