@@ -72,9 +72,7 @@ class TritonDist:
         """Return the stub built for ``python_version`` (``"3.11"``), or raise :class:`InstallError`."""
         stub = self.stubs / python_version / PYTHON_BACKEND_STUB
         if not stub.is_file():
-            available = (
-                sorted(p.name for p in self.stubs.iterdir() if p.is_dir()) if self.stubs.is_dir() else []
-            )
+            available = sorted(p.name for p in self.stubs.iterdir() if p.is_dir()) if self.stubs.is_dir() else []
             raise InstallError(
                 f"the nvidia-pytriton wheel has no Python backend stub for Python {python_version} "
                 f"(looked for {stub}); stubs exist for: {', '.join(available) or 'none'}. "
@@ -108,9 +106,7 @@ def find_triton_dist() -> TritonDist:
         caches=root / "caches",
     )
     missing = [
-        p
-        for p in (dist.server, dist.libs, dist.python_backend / PYTHON_BACKEND_LIB, dist.stubs)
-        if not p.exists()
+        p for p in (dist.server, dist.libs, dist.python_backend / PYTHON_BACKEND_LIB, dist.stubs) if not p.exists()
     ]
     if missing:
         raise InstallError(
@@ -220,9 +216,7 @@ def check_python_backend(backends_dir: Path) -> None:
         )
 
 
-def prepare_backends_dir(
-    backends_dir: Path, *, source_dir: Path = SOURCE_DIR, dist: TritonDist | None = None
-) -> Path:
+def prepare_backends_dir(backends_dir: Path, *, source_dir: Path = SOURCE_DIR, dist: TritonDist | None = None) -> Path:
     """Build a complete backends folder from the wheel: Python backend + stub, and the deepplan backend.
 
     This is what :mod:`deepplan_backend.serve` runs before every start (it is cheap: a few MiB copied).
