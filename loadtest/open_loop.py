@@ -28,9 +28,18 @@ import grpc.experimental.gevent
 from locust import User, events, task
 from locust.env import Environment
 from locust.runners import LocalRunner
+from locust.stats import CSV_STATS_INTERVAL_SEC
 
 from loadtest.plots import write_plots
-from loadtest.results import LOG_FILE, SUMMARY_FILE, RequestRecord, summarize, write_log, write_summary
+from loadtest.results import (
+    LOG_FILE,
+    SUMMARY_FILE,
+    RequestRecord,
+    read_log,
+    summarize,
+    write_log,
+    write_summary,
+)
 from loadtest.schedule import Schedule
 from loadtest.triton_target import PROTOCOLS, TargetError, TritonTarget
 
@@ -243,7 +252,8 @@ class ReplayRun:
         self._written = True
         records = sorted(self.records, key=lambda r: r.send_s)
         out = self.opts.results_dir
-        write_log(out / LOG_FILE, records)
+        # Summarize what the log file holds (as rounded there), so an offline recompute matches exactly.
+        records = read_log(write_log(out / LOG_FILE, records))
         info = {
             **self.run_info,
             "completed": self.completed,
@@ -335,5 +345,7 @@ class OpenLoopUser(User):
         _ACTIVE.pop(id(self.environment), None)
         run.finish()
         target.close()
+        # Locust's --csv writer runs every CSV_STATS_INTERVAL_SEC and not at shutdown: let it see the last requests.
+        gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.5)
         self._stop_test()
         gevent.sleep(3600)
