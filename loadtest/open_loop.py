@@ -293,6 +293,28 @@ def _refuse_distributed(environment: Environment, **_: Any) -> None:
         raise SystemExit("loadtest: open-loop replay runs in one process; drop --master/--worker")
 
 
+def end_test(environment: Environment) -> None:
+    """End the test once the schedule is done.
+
+    Headless: quit (the process exits with Locust's usual code). Web UI: stop, so the UI keeps showing the
+    results and a new test can be started; with ``--autostart --autoquit N``, quit N seconds later (Locust
+    itself applies ``--autoquit`` only after ``--run-time``).
+    """
+    runner, parsed = environment.runner, environment.parsed_options
+    if runner is None:
+        return
+    if parsed is None or parsed.headless:
+        runner.quit()
+        return
+    runner.stop()
+    autoquit = int(getattr(parsed, "autoquit", -1))
+    if getattr(parsed, "autostart", False) and autoquit >= 0:
+        gevent.sleep(autoquit)
+        runner.quit()
+        if environment.web_ui is not None:
+            environment.web_ui.stop()
+
+
 class OpenLoopUser(User):
     """Base user: subclasses say how to build the schedule; the single instance replays it once."""
 
@@ -304,12 +326,8 @@ class OpenLoopUser(User):
         raise NotImplementedError
 
     def _stop_test(self) -> None:
-        runner = self.environment.runner
-        parsed = self.environment.parsed_options
-        if runner is None:
-            return
-        # Not from this greenlet: stopping kills the users, this one included.
-        gevent.spawn(runner.quit if parsed is None or parsed.headless else runner.stop)
+        # From another greenlet: stopping kills the users, this one included.
+        gevent.spawn(end_test, self.environment)
 
     @task
     def replay(self) -> None:
