@@ -1,0 +1,421 @@
+"""GPU memory oversubscription across every deepplan model of one server, whichever processes they run in.
+
+Triton runs one stub process per model instance, so the budget of a device cannot live in one process's memory.
+It lives in a small shared *state file* per server (``<state_dir>/state.json``) guarded by ``fcntl.flock`` on
+``<state_dir>/state.lock``. For each device it records the budget, and for each registered model (``key``):
+
+- ``pid`` and the process start time of its owner (so a dead or recycled pid is recognised),
+- ``device``, ``bytes`` (resident bytes, or the reservation of a provisioning in flight),
+- ``last_used`` (LRU order), ``in_use`` (a request is running: never a victim), ``evicting`` (an eviction
+  was asked for and is not done yet).
+
+Protocol (all reads and writes of the state happen under the lock; no lock is held while waiting):
+
+1. ``acquire(key, need)`` before a request: dead owners' entries are dropped (their budget comes back);
+   the entry is marked in use. If it is resident, done (warm). Otherwise, if ``need`` exceeds the budget,
+   `DoesNotFit`; if it fits beside the others, the bytes are reserved; else the least recently used idle
+   resident models are marked ``evicting`` until it fits, and the bytes are reserved.
+   If the room is held by models in use, the caller registers as a waiter and sleeps until a release wakes it.
+2. Victims are asked to evict over their owner's *listener*: every process that registers a model runs one
+   daemon thread on an abstract Unix socket; it calls the model's evict callback and answers. The asker blocks
+   on that answer (no polling). An idle stub process therefore answers at once, whatever its main thread does.
+3. ``release(key, resident_bytes)`` after the request: records the real resident bytes, clears ``in_use`` and
+   wakes waiters (a one-byte message to their listeners).
+
+A crashed owner leaks nothing: its entries are reclaimed the next time anybody takes the lock (pid gone or
+reused). CPU mode uses the same code, with the host memory as "device".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+STATE_DIR_ENV = "DEEPPLAN_RESIDENCY_DIR"
+"""Environment variable naming the state folder (overrides the per-server default)."""
+BUDGET_ENV = "DEEPPLAN_BUDGET_BYTES"
+"""Environment variable giving one budget (bytes) for every device of the server."""
+DEFAULT_RESERVE_BYTES = 1 << 30
+"""Memory of a device kept out of the budget by default (CUDA contexts, activations, other users)."""
+EVICT_TIMEOUT_S = 60.0
+WAIT_TIMEOUT_S = 120.0
+
+
+class ResidencyError(RuntimeError):
+    """Base class for residency failures."""
+
+
+class DoesNotFit(ResidencyError):
+    """One model needs more than the device's whole budget."""
+
+
+class BudgetBusy(ResidencyError):
+    """The budget stayed held by models in use for longer than the wait limit."""
+
+
+def default_state_dir() -> Path:
+    """``$DEEPPLAN_RESIDENCY_DIR``, else one folder per server: the stubs' parent process is ``tritonserver``."""
+    env = os.environ.get(STATE_DIR_ENV)
+    if env:
+        return Path(env)
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    return base / f"deepplan-residency-{os.getppid()}"
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks (field 22 of /proc/<pid>/stat), or None if it is gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return data.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    current = _start_time(pid)
+    if current is None:
+        return Path("/proc").is_dir() is False  # no procfs: trust kill(0)
+    return start is None or current == start
+
+
+def _socket_name(state_dir: Path, pid: int) -> str:
+    digest = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:16]
+    return f"\0deepplan-res-{digest}-{pid}"
+
+
+def _send(name: str, message: bytes, timeout: float | None) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(name)
+        s.sendall(message + b"\n")
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What `acquire` decided: warm (already resident) or cold (bytes reserved), and who was evicted for it."""
+
+    warm: bool
+    evicted: tuple[str, ...] = ()
+
+
+class _Listener:
+    """One per process and state folder: answers eviction requests and wake-ups from other processes."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.name = _socket_name(state_dir, os.getpid())
+        self.callbacks: dict[str, Callable[[], None]] = {}
+        self.wake = threading.Condition()
+        self.generation = 0
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.name)
+        self.sock.listen(64)
+        self.thread = threading.Thread(target=self._serve, name="deepplan-residency", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            with contextlib.suppress(OSError):
+                while not data.endswith(b"\n"):
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            cmd, _, arg = data.decode(errors="replace").strip().partition(" ")
+            reply = b"ok"
+            if cmd == "evict":
+                callback = self.callbacks.get(arg)
+                try:
+                    if callback is not None:
+                        callback()
+                except Exception as exc:  # answered to the asker, who reports it
+                    reply = f"error {type(exc).__name__}: {exc}".encode()
+            elif cmd == "wake":
+                self.notify()
+            with contextlib.suppress(OSError):
+                conn.sendall(reply)
+
+    def notify(self) -> None:
+        with self.wake:
+            self.generation += 1
+            self.wake.notify_all()
+
+
+_listeners: dict[Path, _Listener] = {}
+_listeners_lock = threading.Lock()
+
+
+def _listener_for(state_dir: Path) -> _Listener:
+    with _listeners_lock:
+        listener = _listeners.get(state_dir)
+        if listener is None or listener.name != _socket_name(state_dir, os.getpid()):  # forked child: new one
+            listener = _Listener(state_dir)
+            _listeners[state_dir] = listener
+        return listener
+
+
+class Residency:
+    """The shared budget of one server, as seen from one process.
+
+    Args:
+        state_dir: the server's state folder (created if missing).
+        budgets: device name -> budget in bytes this process declares (the smallest declared value wins).
+    """
+
+    def __init__(self, state_dir: Path | str | None = None) -> None:
+        self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_path = self.state_dir / "state.lock"
+        self._state_path = self.state_dir / "state.json"
+        self._listener = _listener_for(self.state_dir)
+        self._pid = os.getpid()
+        self._start = _start_time(self._pid)
+
+    # ---- state file -------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict]:
+        with open(self._lock_path, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                state = self._read()
+                before = json.dumps(state, sort_keys=True)
+                self._reclaim(state)
+                yield state
+                if json.dumps(state, sort_keys=True) != before:
+                    tmp = self._state_path.with_suffix(f".{self._pid}.tmp")
+                    tmp.write_text(json.dumps(state, sort_keys=True))
+                    os.replace(tmp, self._state_path)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read(self) -> dict:
+        try:
+            state = json.loads(self._state_path.read_text())
+        except (OSError, ValueError):
+            state = {}
+        state.setdefault("budgets", {})
+        state.setdefault("models", {})
+        state.setdefault("waiters", {})
+        return state
+
+    @staticmethod
+    def _reclaim(state: dict) -> None:
+        """Drop entries and waiters of dead processes; undo evictions asked by a dead process."""
+        dead: dict[int, bool] = {}
+
+        def is_dead(pid: int, start: str | None) -> bool:
+            if pid not in dead:
+                dead[pid] = not _alive(pid, start)
+            return dead[pid]
+
+        for key, entry in list(state["models"].items()):
+            if is_dead(entry["pid"], entry.get("start")):
+                del state["models"][key]
+            elif entry.get("evicting") and is_dead(entry["evicting"], None):
+                entry["evicting"] = 0
+        for name, waiter in list(state["waiters"].items()):
+            if is_dead(waiter["pid"], waiter.get("start")):
+                del state["waiters"][name]
+
+    # ---- public API -------------------------------------------------------------------------------------------
+
+    def register(self, key: str, device: str, budget: int | None, evict: Callable[[], None]) -> None:
+        """Make `key` (unique per server) known on `device`; `evict` frees its device bytes when asked."""
+        self._listener.callbacks[key] = evict
+        with self._locked() as state:
+            if budget is not None:
+                current = state["budgets"].get(device)
+                state["budgets"][device] = budget if current is None else min(current, budget)
+            state["models"][key] = {
+                "pid": self._pid,
+                "start": self._start,
+                "socket": self._listener.name,
+                "device": device,
+                "bytes": 0,
+                "resident": False,
+                "last_used": 0.0,
+                "in_use": False,
+                "evicting": 0,
+            }
+
+    def unregister(self, key: str) -> None:
+        """Forget `key` (its bytes return to the budget); call after evicting it."""
+        self._listener.callbacks.pop(key, None)
+        with self._locked() as state:
+            state["models"].pop(key, None)
+        self._wake_waiters()
+
+    def budget(self, device: str) -> int | None:
+        """The device's budget, or None if no model declared one."""
+        with self._locked() as state:
+            return state["budgets"].get(device)
+
+    def snapshot(self) -> dict:
+        """A copy of the (reclaimed) state: budgets, models, waiters."""
+        with self._locked() as state:
+            return json.loads(json.dumps(state))
+
+    def used(self, device: str) -> int:
+        """Bytes counted against `device` right now (resident models and reservations)."""
+        snap = self.snapshot()
+        return sum(e["bytes"] for e in snap["models"].values() if e["device"] == device)
+
+    def acquire(self, key: str, need: int, timeout_s: float = WAIT_TIMEOUT_S) -> Grant:
+        """Mark `key` in use and make room for `need` bytes unless it is resident already.
+
+        Raises DoesNotFit when `need` exceeds the whole budget, BudgetBusy when models in use kept the room
+        for `timeout_s`, ResidencyError when a victim could not be evicted.
+        """
+        deadline = time.monotonic() + timeout_s
+        evicted: list[str] = []
+        while True:
+            generation = self._listener.generation
+            with self._locked() as state:
+                entry = self._entry(state, key)
+                victims, outcome = self._plan(state, key, entry, need)
+                if outcome in ("warm", "reserved"):
+                    entry.update(in_use=True, last_used=time.time())
+                    if outcome == "reserved":
+                        entry.update(bytes=need, resident=False)
+                    state["waiters"].pop(self._listener.name, None)
+                    return Grant(outcome == "warm", tuple(evicted))
+                if outcome == "evict":
+                    for v in victims:
+                        state["models"][v]["evicting"] = self._pid
+                    targets = [(v, state["models"][v]["socket"]) for v in victims]
+                else:  # wait: the room is held by models in use (or being evicted by others)
+                    state["waiters"][self._listener.name] = {"pid": self._pid, "start": self._start}
+                    targets = []
+            if targets:
+                self._evict_all(targets)
+                evicted.extend(v for v, _ in targets)
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                with self._locked() as state:
+                    state["waiters"].pop(self._listener.name, None)
+                raise BudgetBusy(
+                    f"{key}: no room for {need} bytes within {timeout_s:.0f} s: the budget is held by models in use"
+                )
+            with self._listener.wake:
+                if self._listener.generation == generation:
+                    # Woken by a release (or an eviction finishing); the cap only bounds a lost wake-up.
+                    self._listener.wake.wait(timeout=min(remaining, 5.0))
+
+    def release(self, key: str, resident_bytes: int) -> None:
+        """The request of `key` ended; `resident_bytes` stay on the device (0 if the cold start failed)."""
+        with self._locked() as state:
+            entry = state["models"].get(key)
+            if entry is not None:
+                entry.update(
+                    in_use=False, bytes=int(resident_bytes), resident=resident_bytes > 0, last_used=time.time()
+                )
+        self._wake_waiters()
+
+    # ---- internals --------------------------------------------------------------------------------------------
+
+    def _entry(self, state: dict, key: str) -> dict:
+        entry = state["models"].get(key)
+        if entry is None or entry["pid"] != self._pid:
+            raise ResidencyError(f"{key} is not registered by this process (pid {self._pid})")
+        return entry
+
+    @staticmethod
+    def _plan(state: dict, key: str, entry: dict, need: int) -> tuple[list[str], str]:
+        if entry.get("evicting"):
+            return [], "wait"  # someone asked to evict us: let that finish, then start cold
+        if entry["resident"]:
+            return [], "warm"
+        device = entry["device"]
+        budget = state["budgets"].get(device)
+        if budget is None:
+            return [], "reserved"
+        if need > budget:
+            raise DoesNotFit(
+                f"{key} needs {need / 2**20:.1f} MiB on {device}, more than the whole budget of "
+                f"{budget / 2**20:.1f} MiB: raise the budget (parameter `budget`) or use a smaller model/dtype"
+            )
+        others = {k: e for k, e in state["models"].items() if k != key and e["device"] == device}
+        used = sum(e["bytes"] for e in others.values())
+        if used + need <= budget:
+            return [], "reserved"
+        idle = sorted(
+            (k for k, e in others.items() if e["resident"] and not e["in_use"] and not e["evicting"]),
+            key=lambda k: others[k]["last_used"],
+        )
+        victims, freed = [], 0
+        for k in idle:
+            if used - freed + need <= budget:
+                break
+            victims.append(k)
+            freed += others[k]["bytes"]
+        if used - freed + need > budget:
+            return [], "wait"
+        return victims, "evict"
+
+    def _evict_all(self, targets: list[tuple[str, str]]) -> None:
+        errors = []
+        for key, sock in targets:
+            try:
+                reply = _send(sock, f"evict {key}".encode(), EVICT_TIMEOUT_S).decode(errors="replace")
+            except (ConnectionRefusedError, FileNotFoundError):
+                reply = "gone"  # the owner died: reclaim drops it on the next lock
+            except OSError as exc:
+                reply = f"error {exc}"
+            with self._locked() as state:
+                entry = state["models"].get(key)
+                if entry is None:
+                    continue
+                if reply in ("ok", "gone"):
+                    entry.update(bytes=0, resident=False, evicting=0)
+                    if reply == "gone":
+                        state["models"].pop(key, None)
+                else:
+                    entry["evicting"] = 0
+                    errors.append(f"{key}: {reply}")
+        self._wake_waiters()
+        if errors:
+            raise ResidencyError("eviction failed: " + "; ".join(errors))
+
+    def _wake_waiters(self) -> None:
+        with self._locked() as state:
+            names = list(state["waiters"])
+        for name in names:
+            if name == self._listener.name:
+                self._listener.notify()
+                continue
+            with contextlib.suppress(OSError):
+                _send(name, b"wake", 2.0)

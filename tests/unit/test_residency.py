@@ -1,0 +1,153 @@
+"""Residency across real processes: shared budget, LRU eviction through listeners, dead owners reclaimed."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import pytest
+
+from deepplan_backend.runtime.residency import BudgetBusy, DoesNotFit, Residency
+
+CTX = mp.get_context("spawn")
+MB = 1 << 20
+
+
+def owner(state_dir: str, keys: list[str], nbytes: int, budget: int, cmds, events) -> None:
+    """A process owning models: obeys (op, key) commands, reports evictions and results on `events`."""
+    res = Residency(state_dir)
+    resident: dict[str, bool] = {}
+
+    def evicter(k: str):
+        def evict() -> None:
+            resident[k] = False
+            events.put(("evicted", k, os.getpid()))
+
+        return evict
+
+    for k in keys:
+        res.register(k, "dev0", budget, evicter(k))
+        resident[k] = False
+    events.put(("ready", os.getpid()))
+    while True:
+        op, key = cmds.get()
+        if op == "stop":
+            return
+        try:
+            grant = res.acquire(key, nbytes, timeout_s=10)
+            resident[key] = True
+            if op == "hold":  # stay in use until told
+                events.put(("holding", key, grant.warm))
+                cmds.get()
+            res.release(key, nbytes)
+            events.put(("done", key, grant.warm))
+        except Exception as exc:
+            events.put(("error", key, f"{type(exc).__name__}: {exc}"))
+
+
+def expect(events, kind: str, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        ev = events.get(timeout=max(0.1, deadline - time.monotonic()))
+        if ev[0] == kind:
+            return ev, seen
+        seen.append(ev)
+    raise AssertionError(f"no {kind} event; saw {seen}")
+
+
+@pytest.fixture
+def procs(tmp_path):
+    started = []
+
+    def start(keys, nbytes=40 * MB, budget=100 * MB):
+        cmds, events = CTX.Queue(), CTX.Queue()
+        p = CTX.Process(target=owner, args=(str(tmp_path), keys, nbytes, budget, cmds, events), daemon=True)
+        p.start()
+        expect(events, "ready")
+        started.append(p)
+        return p, cmds, events
+
+    yield start
+    for p in started:
+        if p.is_alive():
+            p.kill()
+        p.join(5)
+
+
+def run(cmds, events, key):
+    cmds.put(("run", key))
+    ev, seen = expect(events, "done")
+    assert ev[1] == key, (ev, seen)
+    return ev[2], seen
+
+
+def test_lru_eviction_across_processes(tmp_path, procs):
+    _, ca, ea = procs(["a1", "a2"])
+    _, cb, eb = procs(["b1"])
+    assert run(ca, ea, "a1")[0] is False  # cold
+    assert run(ca, ea, "a2")[0] is False
+    assert run(ca, ea, "a1")[0] is True  # warm; now a2 is least recently used
+    warm, _ = run(cb, eb, "b1")  # 3 x 40 MB > 100 MB: evicts a2 (LRU), not a1
+    assert warm is False
+    ev, _ = expect(ea, "evicted")
+    assert ev[1] == "a2"
+    snap = Residency(tmp_path).snapshot()
+    assert {k for k, e in snap["models"].items() if e["resident"]} == {"a1", "b1"}
+    assert sum(e["bytes"] for e in snap["models"].values()) <= 100 * MB
+    assert run(ca, ea, "a1")[0] is True
+    assert run(ca, ea, "a2")[0] is False  # cold again; evicts b1 (LRU now)
+    ev, _ = expect(eb, "evicted")
+    assert ev[1] == "b1"
+
+
+def test_in_use_model_is_never_evicted_and_waiter_is_woken(tmp_path, procs):
+    _, ca, ea = procs(["a1"], nbytes=60 * MB)
+    _, cb, eb = procs(["b1"], nbytes=60 * MB)
+    ca.put(("hold", "a1"))
+    expect(ea, "holding")
+    cb.put(("run", "b1"))  # must wait: a1 is in use
+    time.sleep(1.0)
+    assert eb.empty()
+    t0 = time.monotonic()
+    ca.put(("go", ""))  # a1 releases -> b1 is woken, evicts a1 (idle now), runs
+    expect(ea, "done")
+    ev, _ = expect(eb, "done")
+    assert time.monotonic() - t0 < 3.0
+    ev, _ = expect(ea, "evicted")
+    assert ev[1] == "a1"
+
+
+def test_model_larger_than_budget_is_a_clear_error(tmp_path, procs):
+    _, ca, ea = procs(["big"], nbytes=150 * MB)
+    ca.put(("run", "big"))
+    ev, _ = expect(ea, "error")
+    assert "DoesNotFit" in ev[2] and "budget" in ev[2]
+    assert issubclass(DoesNotFit, Exception)
+
+
+def test_dead_owner_leaks_no_budget(tmp_path, procs):
+    pa, ca, ea = procs(["a1", "a2"], nbytes=50 * MB)
+    run(ca, ea, "a1")
+    run(ca, ea, "a2")
+    os.kill(pa.pid, signal.SIGKILL)
+    pa.join(5)
+    _, cb, eb = procs(["b1", "b2"], nbytes=50 * MB)
+    assert run(cb, eb, "b1")[0] is False
+    assert run(cb, eb, "b2")[0] is False
+    snap = Residency(tmp_path).snapshot()
+    assert set(snap["models"]) == {"b1", "b2"}
+
+
+def test_budget_busy_times_out(tmp_path):
+    res = Residency(tmp_path)
+    res.register("x", "dev0", 10, lambda: None)
+    res.register("y", "dev0", 10, lambda: None)
+    res.acquire("x", 8)
+    with pytest.raises(BudgetBusy):
+        res.acquire("y", 8, timeout_s=0.5)
+    res.release("x", 8)
+    grant = res.acquire("y", 8, timeout_s=2)  # same process: x evicted through the own listener
+    assert not grant.warm and grant.evicted == ("x",)
