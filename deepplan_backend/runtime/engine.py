@@ -1,25 +1,35 @@
 """The cold-start executor: provision a model per `LoadSchedule` *while* running it, then serve warm.
 
-A cold start issues every layer's copy at once on the copy engine's streams, binds each layer's module to its
-future device bytes (or to its DHA view), and runs the forward with a pre-hook per layer that makes the
-compute stream wait for that layer's copy only. Eviction binds the model back to host memory and returns the
-device bytes to the driver.
+Everything about a schedule that does not change between cold starts is computed once into a `_Layout`: the
+arena (a stable address range, see `arena.py`), every weight's view into it or into the DHA alias of host
+memory, and the copy chunks. A cold start then only maps the arena, issues the chunk copies, re-points the
+module's attributes (dictionary writes), and runs the forward with pre-hooks that make the compute stream wait
+for a chunk right before the first layer that needs it. Eviction unmaps the arena (memory back to the driver)
+and points the module back at host memory.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from .arena import Arena, make_arena
 from .host_store import HostStore
-from .layers import bind_layer, bind_shared
+from .layers import LayerTable
 from .plan import DHA, LoadSchedule
 from .transfer import CopyJob, DeviceError, make_copy_engine
 from .zoo import DTYPES, ZooModel
+
+CHUNK_BYTES = 2 << 20
+"""Consecutive layers are copied together until a chunk holds this many bytes: fewer copies, events and waits
+(ResNet-50 has ~100 small conv/BN layers), at the price of the first layer waiting for a little more."""
+
+Assignment = tuple[dict, str, torch.Tensor]
+"""(module._parameters or module._buffers, attribute, tensor): one write that binds a weight."""
 
 
 @dataclass(frozen=True)
@@ -32,10 +42,62 @@ class InferenceResult:
     copied_bytes: int
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    slot: int
+    host_start: int
+    arena_start: int
+    nbytes: int
+
+
+@dataclass
+class _Layout:
+    """What one schedule needs on every cold start, built once."""
+
+    schedule: LoadSchedule
+    arena: Arena
+    binding: list[Assignment]
+    chunks: list[_Chunk]
+    up_front: list[int]  # chunks waited before the forward (layers that never ran in the trace)
+    hooks: list[tuple[str, list[int]]]  # (module name, chunks it waits for), first use in execution order
+    copied_bytes: int
+    jobs: list[CopyJob] = field(default_factory=list)
+    demand_jobs: list[CopyJob] = field(default_factory=list)  # On-Demand: the same bytes in as few copies as possible
+
+
+def _assignments(
+    modules: dict[str, nn.Module], table: LayerTable, views_of: dict[int, dict[str, torch.Tensor]]
+) -> list[Assignment]:
+    """Bindings for every owned tensor, then for every shared attribute (pointing at its owner's tensor)."""
+    out: list[Assignment] = []
+    for layer in table:
+        module = modules[layer.name]
+        for t in layer.tensors:
+            out.append(
+                (module._parameters if t.is_parameter else module._buffers, t.attr, views_of[layer.index][t.attr])
+            )
+    for layer in table:
+        module = modules[layer.name]
+        for s in layer.shared:
+            out.append(
+                (
+                    module._parameters if s.is_parameter else module._buffers,
+                    s.attr,
+                    views_of[s.owner_layer][s.owner_attr],
+                )
+            )
+    return out
+
+
+def _apply(binding: list[Assignment]) -> None:
+    for store, attr, tensor in binding:
+        store[attr] = tensor
+
+
 class ColdStartEngine:
     """Runs one model on a target device (plus optional PT peers), cold or warm.
 
-    Not thread-safe: callers serialize requests per engine (the residency manager does).
+    Not thread-safe: callers serialize requests per engine (the served model does).
     """
 
     def __init__(self, model: ZooModel, store: HostStore, devices: Sequence[torch.device]) -> None:
@@ -47,48 +109,61 @@ class ColdStartEngine:
         self.device = self.devices[0]
         self.copier = make_copy_engine(self.devices)
         self._modules: dict[str, nn.Module] = dict(model.module.named_modules())
-        self._arena: torch.Tensor | None = None
-        self._dha_layers: tuple[int, ...] = ()
+        table = store.table
+        host_views = {layer.index: store.layer_views(layer) for layer in table}
+        self._host_binding = _assignments(self._modules, table, host_views)
+        self._layouts: dict[LoadSchedule, _Layout] = {}
+        self._resident: _Layout | None = None
 
     @property
     def is_resident(self) -> bool:
         """Whether the model's (non-DHA) weights are on the device, so the next request runs warm."""
-        return self._arena is not None
+        return self._resident is not None
 
     @property
     def resident_bytes(self) -> int:
         """Device bytes held by this model (0 when evicted)."""
-        return 0 if self._arena is None else int(self._arena.numel())
+        return 0 if self._resident is None else self._resident.copied_bytes
 
     def infer(self, inputs: dict[str, torch.Tensor], schedule: LoadSchedule, overlap: bool = True) -> InferenceResult:
-        """Answer one request: warm if resident, else a cold start following `schedule`.
+        """Answer one request: warm if resident (under any schedule), else a cold start following `schedule`.
 
         `overlap=False` is On-Demand: copy everything, wait, then run.
         """
         start = time.perf_counter()
-        cold = not self.is_resident
-        copied = 0
+        cold = self._resident is None
         with torch.inference_mode():
             device_inputs = self._to_device(inputs)
             if cold:
-                copied = schedule.loaded_bytes(self.store.table.nbytes)
-                output = self._cold_forward(device_inputs, schedule, overlap)
+                layout = self._layout(schedule)
+                output = self._cold_forward(device_inputs, layout, overlap)
             else:
                 output = self.model.module(**device_inputs)
             result = output.float().cpu()
+        copied = layout.copied_bytes if cold else 0
         return InferenceResult(result, cold, (time.perf_counter() - start) * 1e3, copied)
 
     def evict(self) -> None:
-        """Bind the model back to host memory and give the device bytes back to the driver."""
-        if self._arena is None:
+        """Point the model back at host memory and give the device bytes back to the driver."""
+        layout = self._resident
+        if layout is None:
             return
-        self.store.bind_host(self.model.module)
-        self._arena = None
-        self._dha_layers = ()
-        self.copier.release()
+        self._resident = None
+        _apply(self._host_binding)
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()
+            for d in self.devices:
+                torch.cuda.synchronize(d)
+        layout.arena.unmap()
+        self.copier.release()
+        if len(self.devices) > 1:
+            torch.cuda.empty_cache()  # peer staging went through PyTorch's cache; give it back too
+
+    def close(self) -> None:
+        """Evict and release every reserved address range."""
+        self.evict()
+        for layout in self._layouts.values():
+            layout.arena.close()
+        self._layouts.clear()
 
     def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         dtype = DTYPES[self.model.dtype]
@@ -96,106 +171,162 @@ class ColdStartEngine:
         for name, tensor in inputs.items():
             if tensor.is_floating_point():
                 tensor = tensor.to(dtype)
-            moved[name] = tensor.to(self.device, non_blocking=False)
+            moved[name] = tensor.to(self.device)
         return moved
 
-    def _arena_layout(self, schedule: LoadSchedule) -> tuple[dict[int, int], int]:
-        table = self.store.table
-        if len(schedule.sources) != len(table):
-            raise DeviceError(
-                f"{self.model.name}: schedule covers {len(schedule.sources)} layers, the model has {len(table)}"
-            )
+    def _layout(self, schedule: LoadSchedule) -> _Layout:
+        layout = self._layouts.get(schedule)
+        if layout is None:
+            layout = self._build_layout(schedule)
+            self._layouts[schedule] = layout
+        return layout
+
+    def _check(self, schedule: LoadSchedule) -> None:
+        n = len(self.store.table)
+        if len(schedule.sources) != n:
+            raise DeviceError(f"{self.model.name}: schedule covers {len(schedule.sources)} layers, the model has {n}")
         if schedule.num_devices > len(self.devices):
             raise DeviceError(
                 f"{self.model.name}: schedule spreads copies over {schedule.num_devices} devices, "
                 f"engine has {len(self.devices)}"
             )
+
+    def _build_layout(self, schedule: LoadSchedule) -> _Layout:
+        self._check(schedule)
+        table, store = self.store.table, self.store
         offsets: dict[int, int] = {}
         cursor = 0
         for i, src in enumerate(schedule.sources):
             if src != DHA:
                 offsets[i] = cursor
                 cursor += table.layers[i].nbytes
-        return offsets, cursor
-
-    def _cold_forward(self, inputs: dict[str, torch.Tensor], schedule: LoadSchedule, overlap: bool) -> torch.Tensor:
-        offsets, arena_bytes = self._arena_layout(schedule)
-        table = self.store.table
-        arena = torch.empty(arena_bytes, dtype=torch.uint8, device=self.device)
+        arena = make_arena(cursor, self.devices)
+        arena.map()  # views of a CUDA arena are built while it is mapped
         try:
-            tokens = self._issue_copies(schedule, offsets, arena, overlap)
-            self._bind(schedule, offsets, arena)
+            views: dict[int, dict[str, torch.Tensor]] = {}
+            dha_base = None
+            for layer in table:
+                if layer.index in offsets:
+                    off = offsets[layer.index]
+                    base = arena.tensor[off : off + layer.nbytes]
+                else:
+                    dha_base = dha_base if dha_base is not None else store.dha_base(self.device)
+                    start, end = store.layer_range(layer.index)
+                    base = dha_base[start:end]
+                views[layer.index] = store.layer_views(layer, base)
+        finally:
+            arena.unmap()
+        chunks, chunk_of = self._chunks(schedule, offsets)
+        up_front, hooks = self._waits(chunk_of)
+        layout = _Layout(schedule, arena, _assignments(self._modules, table, views), chunks, up_front, hooks, cursor)
+        layout.jobs = [
+            CopyJob(
+                c.slot,
+                store.buffer[c.host_start : c.host_start + c.nbytes],
+                arena.tensor[c.arena_start : c.arena_start + c.nbytes],
+            )
+            for c in chunks
+        ]
+        whole = len(offsets) == len(table) and all(src == 0 for src in schedule.sources)
+        # With nothing on DHA the arena mirrors the host layout, so On-Demand moves it in one transfer.
+        layout.demand_jobs = (
+            [CopyJob(0, store.buffer[:cursor], arena.tensor[:cursor])] if whole and cursor else layout.jobs
+        )
+        return layout
+
+    def _chunks(self, schedule: LoadSchedule, offsets: dict[int, int]) -> tuple[list[_Chunk], dict[int, int]]:
+        """Group consecutive copied layers of one slot into chunks of at least CHUNK_BYTES."""
+        table = self.store.table
+        chunks: list[_Chunk] = []
+        chunk_of: dict[int, int] = {}
+        open_chunk: list[int] = []
+
+        def close() -> None:
+            if open_chunk:
+                first, last = open_chunk[0], open_chunk[-1]
+                start = table.offsets[first]
+                nbytes = table.offsets[last] + table.layers[last].nbytes - start
+                if nbytes:
+                    for i in open_chunk:
+                        chunk_of[i] = len(chunks)
+                    chunks.append(_Chunk(schedule.sources[first], start, offsets[first], nbytes))
+                open_chunk.clear()
+
+        for i, src in enumerate(schedule.sources):
+            if open_chunk and (src != schedule.sources[open_chunk[-1]] or i != open_chunk[-1] + 1):
+                close()
+            if src == DHA:
+                continue
+            open_chunk.append(i)
+            first = open_chunk[0]
+            if table.offsets[i] + table.layers[i].nbytes - table.offsets[first] >= CHUNK_BYTES:
+                close()
+        close()
+        return chunks, chunk_of
+
+    def _waits(self, chunk_of: dict[int, int]) -> tuple[list[int], list[tuple[str, list[int]]]]:
+        """Which chunks to wait for before the forward, and at which layer's start each other chunk is first needed."""
+        table = self.store.table
+        needed: set[int] = set()
+        up_front: list[int] = []
+        for layer in table:
+            if not layer.observed:
+                for i in layer.depends_on:
+                    c = chunk_of.get(i)
+                    if c is not None and c not in needed:
+                        needed.add(c)
+                        up_front.append(c)
+        hooks: list[tuple[str, list[int]]] = []
+        for layer in table:
+            if not layer.observed:
+                continue
+            new = []
+            for i in layer.depends_on:
+                c = chunk_of.get(i)
+                if c is not None and c not in needed:
+                    needed.add(c)
+                    new.append(c)
+            if new:
+                hooks.append((layer.name, new))
+        return up_front, hooks
+
+    def _cold_forward(self, inputs: dict[str, torch.Tensor], layout: _Layout, overlap: bool) -> torch.Tensor:
+        layout.arena.map()
+        self._resident = layout  # from here on, a failure must evict to unmap and unbind
+        try:
+            tokens = self.copier.issue(layout.jobs if overlap else layout.demand_jobs)
+            _apply(layout.binding)
             if not overlap:
-                for token in tokens.values():
+                for token in tokens:
                     self.copier.wait(token)
                 output = self.model.module(**inputs)
             else:
-                output = self._pipelined_forward(inputs, tokens)
-            for token in tokens.values():  # layers this input never ran still had to land before we return
+                output = self._pipelined_forward(inputs, layout, tokens)
+            for token in tokens:  # chunks this input never needed still must land before the request ends
                 self.copier.wait(token)
         except BaseException:
-            self._arena = arena  # let evict() undo the partial binding and free everything
             self.evict()
             raise
-        self._arena = arena
-        self._dha_layers = tuple(i for i in range(len(table)) if i not in offsets)
         return output
 
-    def _issue_copies(
-        self, schedule: LoadSchedule, offsets: dict[int, int], arena: torch.Tensor, overlap: bool
-    ) -> dict[int, object]:
-        """Start the copies; returns layer index -> readiness token (layers with no bytes have none)."""
-        table = self.store.table
-        if not overlap and len(offsets) == len(table):
-            # On-Demand with nothing on DHA: the arena mirrors the host layout, so one transfer moves it all.
-            token = self.copier.issue([CopyJob(0, self.store.buffer[: table.total_bytes], arena)])[0]
-            return {len(table) - 1: token}
-        jobs, owners = [], []
-        for i, off in offsets.items():
-            n = table.layers[i].nbytes
-            if n == 0:
-                continue
-            jobs.append(CopyJob(schedule.sources[i], self.store.layer_bytes(i), arena[off : off + n]))
-            owners.append(i)
-        return dict(zip(owners, self.copier.issue(jobs), strict=True))
-
-    def _bind(self, schedule: LoadSchedule, offsets: dict[int, int], arena: torch.Tensor) -> None:
-        table = self.store.table
-        dha_base = None
-        for layer in table:
-            if layer.index in offsets:
-                off = offsets[layer.index]
-                base = arena[off : off + layer.nbytes]
-            else:
-                if dha_base is None:
-                    dha_base = self.store.dha_base(self.device)
-                start, end = self.store.layer_range(layer.index)
-                base = dha_base[start:end]
-            bind_layer(self._modules, layer, self.store.layer_views(layer, base))
-        bind_shared(self._modules, table)
-
-    def _pipelined_forward(self, inputs: dict[str, torch.Tensor], tokens: dict[int, object]) -> torch.Tensor:
-        """Forward where each layer waits only for the copies it depends on, at the moment it starts."""
-        table = self.store.table
-        pending = dict(tokens)
-
-        def wait_for(indices: Sequence[int]) -> None:
-            for i in indices:
-                token = pending.pop(i, None)
-                if token is not None:
-                    self.copier.wait(token)
-
-        # Layers never seen running in the trace forward are made ready up front (see build_layer_table).
-        wait_for([layer.index for layer in table if not layer.observed])
+    def _pipelined_forward(
+        self, inputs: dict[str, torch.Tensor], layout: _Layout, tokens: list[object]
+    ) -> torch.Tensor:
+        """Forward where each layer waits only for the chunks it is the first to need, as it starts."""
+        wait = self.copier.wait
+        for c in layout.up_front:
+            wait(tokens[c])
         handles = []
-        for layer in table:
-            if layer.observed and any(i in pending for i in layer.depends_on):
-                deps = layer.depends_on
-                handles.append(
-                    self._modules[layer.name].register_forward_pre_hook(lambda _m, _a, deps=deps: wait_for(deps))
-                )
+        for name, chunk_ids in layout.hooks:
+            toks = [tokens[c] for c in chunk_ids]
+
+            def hook(_m: nn.Module, _a: object, toks: list[object] = toks) -> None:
+                for t in toks:
+                    wait(t)
+
+            handles.append(self._modules[name].register_forward_pre_hook(hook))
         try:
             return self.model.module(**inputs)
         finally:
-            for handle in handles:
-                handle.remove()
+            for h in handles:
+                h.remove()

@@ -1,0 +1,198 @@
+"""Device arenas: memory for a model's copied layers whose *address survives eviction*.
+
+An arena reserves an address range once and maps physical memory into it on provision, unmapping (returning
+the memory to the driver or the OS) on eviction. Because the address never changes, every tensor view of
+the arena — the module's weights — is built once and stays valid across evict/re-provision cycles: a cold
+start no longer rebuilds hundreds of views on its critical path, and a captured CUDA graph could replay.
+
+- CUDA: the driver's virtual memory management (cuMemAddressReserve / cuMemCreate / cuMemMap) through
+  `cuda-bindings`; eviction unmaps and releases the physical allocation, so `cudaMemGetInfo` sees it back.
+- CPU: an anonymous `mmap` whose pages are dropped with `madvise(MADV_DONTNEED)` on eviction.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+
+
+class ArenaError(RuntimeError):
+    """The arena could not be reserved or mapped (e.g. the device is out of memory)."""
+
+
+class Arena(Protocol):
+    """A stable byte range that is either mapped (usable) or not (costs no memory)."""
+
+    nbytes: int
+    tensor: torch.Tensor
+    mapped: bool
+
+    def map(self) -> None:
+        """Back the range with memory; contents are undefined afterwards."""
+
+    def unmap(self) -> None:
+        """Give the memory back; the range stays reserved and `tensor` must not be touched until `map`."""
+
+    def close(self) -> None:
+        """Unmap and release the address range itself."""
+
+
+class HostArena:
+    """CPU arena: an anonymous mapping whose pages are discarded on unmap."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+        self._map = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.tensor = (
+            torch.frombuffer(self._map, dtype=torch.uint8, count=nbytes)
+            if nbytes
+            else torch.empty(0, dtype=torch.uint8)
+        )
+        self.mapped = False
+
+    def map(self) -> None:
+        """Pages come back on first touch (zero-filled)."""
+        self.mapped = True
+
+    def unmap(self) -> None:
+        """Drop the pages: resident memory goes back to the OS, the address stays."""
+        if self.nbytes:
+            self._map.madvise(mmap.MADV_DONTNEED)
+        self.mapped = False
+
+    def close(self) -> None:
+        """Release the mapping (views of it must be gone first)."""
+        self.mapped = False
+        self.tensor = torch.empty(0, dtype=torch.uint8)
+
+
+def _driver() -> Any:
+    try:
+        from cuda.bindings import driver
+    except ImportError:  # cuda-python < 12.6 spelled it this way
+        from cuda import cuda as driver  # type: ignore[no-redef]
+    return driver
+
+
+def vmm_available() -> bool:
+    """Whether the CUDA driver API is importable (cuda-bindings / cuda-python)."""
+    try:
+        _driver()
+    except ImportError:
+        return False
+    return True
+
+
+def _check(result: Any, what: str) -> Any:
+    cu = _driver()
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if err != cu.CUresult.CUDA_SUCCESS:
+        name = cu.cuGetErrorName(err)[1]
+        raise ArenaError(f"{what} failed: {name.decode() if isinstance(name, bytes) else name}")
+    return rest[0] if len(rest) == 1 else rest
+
+
+class _DevicePointer:
+    """`__cuda_array_interface__` over a raw device range, so PyTorch can alias it without owning it."""
+
+    def __init__(self, ptr: int, nbytes: int) -> None:
+        self.__cuda_array_interface__ = {
+            "shape": (nbytes,),
+            "typestr": "|u1",
+            "data": (ptr, False),
+            "version": 3,
+            "strides": None,
+        }
+
+
+class CudaArena:
+    """Arena on a GPU through CUDA virtual memory management; peers get access for NVLink writes."""
+
+    def __init__(self, nbytes: int, device: torch.device, peers: Sequence[torch.device] = ()) -> None:
+        cu = _driver()
+        torch.cuda.init()
+        self.device = device
+        self.index = device.index if device.index is not None else torch.cuda.current_device()
+        self._access = [self.index] + [p.index for p in peers if p.index is not None and p.index != self.index]
+        prop = cu.CUmemAllocationProp()
+        prop.type = cu.CUmemAllocationType.CU_MEM_ALLOCATION_TYPE_PINNED
+        prop.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+        prop.location.id = self.index
+        self._prop = prop
+        granularity = _check(
+            cu.cuMemGetAllocationGranularity(
+                prop, cu.CUmemAllocationGranularity_flags.CU_MEM_ALLOC_GRANULARITY_MINIMUM
+            ),
+            "cuMemGetAllocationGranularity",
+        )
+        self.nbytes = nbytes
+        self._size = max(granularity, (nbytes + granularity - 1) // granularity * granularity)
+        with torch.cuda.device(self.index):
+            self._ptr = _check(cu.cuMemAddressReserve(self._size, 0, 0, 0), "cuMemAddressReserve")
+        self._handle: Any = None
+        self.mapped = False
+        self.tensor = torch.empty(0, dtype=torch.uint8, device=device)
+
+    @property
+    def address(self) -> int:
+        """Start of the reserved range."""
+        return int(self._ptr)
+
+    def map(self) -> None:
+        """Create physical memory on the device and map it at the reserved address."""
+        if self.mapped:
+            return
+        cu = _driver()
+        with torch.cuda.device(self.index):
+            handle = _check(cu.cuMemCreate(self._size, self._prop, 0), f"cuMemCreate({self._size} bytes)")
+            try:
+                _check(cu.cuMemMap(self._ptr, self._size, 0, handle, 0), "cuMemMap")
+                descs = []
+                for dev in self._access:
+                    desc = cu.CUmemAccessDesc()
+                    desc.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+                    desc.location.id = dev
+                    desc.flags = cu.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+                    descs.append(desc)
+                _check(cu.cuMemSetAccess(self._ptr, self._size, descs, len(descs)), "cuMemSetAccess")
+            except ArenaError:
+                cu.cuMemUnmap(self._ptr, self._size)
+                cu.cuMemRelease(handle)
+                raise
+        self._handle = handle
+        self.mapped = True
+        if self.tensor.numel() != self.nbytes:
+            # Built once, while mapped (PyTorch inspects the pointer); valid for every later mapping.
+            self.tensor = torch.as_tensor(_DevicePointer(self.address, self.nbytes), device=self.device)
+
+    def unmap(self) -> None:
+        """Unmap and release the physical memory: the driver has it back, the address stays reserved."""
+        if not self.mapped:
+            return
+        cu = _driver()
+        torch.cuda.synchronize(self.device)  # no kernel or copy may still touch the range
+        with torch.cuda.device(self.index):
+            _check(cu.cuMemUnmap(self._ptr, self._size), "cuMemUnmap")
+            _check(cu.cuMemRelease(self._handle), "cuMemRelease")
+        self._handle = None
+        self.mapped = False
+
+    def close(self) -> None:
+        """Unmap and free the address range."""
+        self.unmap()
+        self.tensor = torch.empty(0, dtype=torch.uint8, device=self.device)
+        with torch.cuda.device(self.index):
+            _check(_driver().cuMemAddressFree(self._ptr, self._size), "cuMemAddressFree")
+
+
+def make_arena(nbytes: int, devices: Sequence[torch.device]) -> Arena:
+    """An arena on `devices[0]` writable by the other devices (PT peers)."""
+    target = devices[0]
+    if target.type == "cpu":
+        return HostArena(nbytes)
+    if not vmm_available():
+        raise ArenaError("CUDA arenas need the `cuda-bindings` (cuda-python) package: pip install cuda-python")
+    return CudaArena(nbytes, target, devices[1:])
