@@ -1,0 +1,348 @@
+"""One served model: its configuration, host weights, plan, engine and residency registration.
+
+`deepplan_backend/model.py` (the Triton adapter) only converts between Triton and this module:
+
+    cfg = ServeSettings.from_parameters(params, model_dir=..., instance_kind=..., device_id=...)
+    served = ServedModel(cfg, key="bert_0_0", max_batch_size=8)   # host weights + plan; device left empty
+    inputs = served.validate({"input_ids": array, ...})              # RequestError with a clear message
+    output, cold, provision_ms = served.infer(inputs)                 # cold start per plan, or warm
+
+Nothing here imports Triton, so it is usable (and tested) on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .engine import ColdStartEngine
+from .plan import ENGINES, Plan, PlanError
+from .plan_repository import load_plan, save_plan
+from .prepared import PreparedModel, gpu_name, prepare_shared
+from .residency import DEFAULT_RESERVE_BYTES, Residency
+from .schedules import schedule_for
+from .transfer import resolve_devices
+from .zoo import IMAGE_SIZE, parse_dtype
+
+PLAN_DIR_ENV = "DEEPPLAN_PLAN_REPOSITORY"
+DEFAULT_PLAN_DIR = ".deepplan_plans"
+"""Default plan repository: this folder in the model repository root, shared by all its models."""
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+class ConfigError(ValueError):
+    """A model's `parameters` cannot be served; the message names the parameter and the accepted values."""
+
+
+class RequestError(ValueError):
+    """One request is invalid (shape, dtype, missing input, ids out of range, batch or sequence too long)."""
+
+
+def parse_size(text: str, what: str) -> int:
+    """``"64MiB"``, ``"2GB"``, ``"1048576"`` -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ConfigError(f"parameter {what}: {text!r} is not a size (e.g. 1073741824, 512MiB, 2GB)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """A model's deepplan configuration (config.pbtxt ``parameters``), validated."""
+
+    model: str
+    engine: str = "deepplan"
+    devices: tuple[int, ...] | None = None  # None = auto
+    dtype: str = "float32"
+    plan_repository: Path = Path(DEFAULT_PLAN_DIR)
+    seq_len: int | None = None
+    budget: int | None = None  # None = device memory minus reserve
+    reserve: int = DEFAULT_RESERVE_BYTES
+    residency_dir: Path | None = None
+    seed: int = 0
+    plan_batch: int = 1
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    KNOWN = (
+        "model",
+        "engine",
+        "devices",
+        "dtype",
+        "plan_repository",
+        "seq_len",
+        "budget",
+        "reserve",
+        "residency_dir",
+        "seed",
+        "plan_batch",
+    )
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, str], model_dir: Path | None = None) -> ServeSettings:
+        """Validate ``{name: string}`` (Triton's ``parameters``, already unwrapped from ``string_value``)."""
+        unknown = sorted(set(params) - set(cls.KNOWN))
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(cls.KNOWN)}")
+        model = params.get("model", "").strip()
+        if not model:
+            raise ConfigError('parameter model is required: a zoo name (e.g. "bert-base") or a checkpoint folder')
+        if model_dir is not None and ("/" in model or model.startswith(".")):
+            model = str((model_dir / model).resolve()) if not os.path.isabs(model) else model
+        engine = params.get("engine", "deepplan").strip()
+        if engine not in ENGINES:
+            raise ConfigError(f"parameter engine: {engine!r}; choose one of {', '.join(ENGINES)}")
+        try:
+            dtype = parse_dtype(params.get("dtype", "float32").strip())
+        except ValueError as exc:
+            raise ConfigError(f"parameter dtype: {exc}") from None
+        root = model_dir.parent if model_dir is not None else Path.cwd()
+        plan_repo = Path(params.get("plan_repository") or os.environ.get(PLAN_DIR_ENV) or root / DEFAULT_PLAN_DIR)
+        if not plan_repo.is_absolute():
+            plan_repo = root / plan_repo
+        budget_text = params.get("budget", "auto").strip() or "auto"
+        residency_dir = params.get("residency_dir", "").strip()
+        return cls(
+            model=model,
+            engine=engine,
+            devices=_parse_devices(params.get("devices", "auto")),
+            dtype=dtype,
+            plan_repository=plan_repo,
+            seq_len=_positive_int(params, "seq_len"),
+            budget=None if budget_text == "auto" else parse_size(budget_text, "budget"),
+            reserve=parse_size(params["reserve"], "reserve") if params.get("reserve") else DEFAULT_RESERVE_BYTES,
+            residency_dir=Path(residency_dir) if residency_dir else None,
+            seed=_positive_int(params, "seed", minimum=0) or 0,
+            plan_batch=_positive_int(params, "plan_batch") or 1,
+        )
+
+
+def _positive_int(params: Mapping[str, str], name: str, minimum: int = 1) -> int | None:
+    text = params.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"parameter {name}: {text!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"parameter {name}: must be >= {minimum}, got {value}")
+    return value
+
+
+def _parse_devices(text: str) -> tuple[int, ...] | None:
+    text = text.strip()
+    if text in ("", "auto"):
+        return None
+    try:
+        ids = tuple(int(p) for p in re.split(r"[\s,]+", text) if p)
+    except ValueError:
+        raise ConfigError(f'parameter devices: {text!r}; give "auto" or GPU ids, target first (e.g. "0,1")') from None
+    if not ids or any(i < 0 for i in ids):
+        raise ConfigError(f"parameter devices: {text!r}: ids must be >= 0")
+    return ids
+
+
+def choose_devices(settings: ServeSettings, instance_device: int | None) -> list[torch.device]:
+    """Explicit ids as given; ``auto``: the instance's GPU plus every GPU it has peer access to (PT), or CPU."""
+    if settings.devices is not None:
+        return resolve_devices(list(settings.devices))
+    if not torch.cuda.is_available():
+        return resolve_devices(None)
+    target = instance_device or 0
+    if settings.engine == "demand":
+        return resolve_devices([target])
+    peers = [
+        d for d in range(torch.cuda.device_count()) if d != target and torch.cuda.can_device_access_peer(target, d)
+    ]
+    return resolve_devices([target, *peers])
+
+
+def default_budget(device: torch.device, reserve: int) -> int:
+    """The device's memory minus `reserve` (host memory for CPU mode)."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(0, int(total) - reserve)
+
+
+def plan_or_make(prepared: PreparedModel, settings: ServeSettings, devices: list[torch.device]) -> tuple[Plan, bool]:
+    """The valid plan for this model on this GPU from the plan repository, or a fresh one (saved there).
+
+    Several instances starting at once plan once: planning holds a lock file per plan key.
+    Returns (plan, made_now).
+    """
+    from planner.planning import make_plan
+    from planner.profiler import profile_model
+
+    key = prepared.plan_key(settings.plan_batch, settings.seq_len, gpu_name(devices[0]))
+    repo = settings.plan_repository
+    repo.mkdir(parents=True, exist_ok=True)
+    counts = sorted({1, len(devices)})
+
+    def usable(plan: Plan) -> bool:
+        return all(any(v.engine == "deepplan" and v.num_devices == n for v in plan.variants) for n in counts)
+
+    lock_path = repo / f".lock-{abs(hash((key.model, key.batch_size, key.seq_len, key.dtype, key.gpu_name)))}"
+    with open(lock_path, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with contextlib.suppress(PlanError):  # not found, stale, foreign or corrupt: plan again
+                plan = load_plan(repo, key, prepared.fingerprint)
+                if usable(plan):
+                    return plan, False
+            profile = profile_model(prepared, devices, settings.plan_batch, settings.seq_len, 1, 3, progress=False)
+            created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            plan = make_plan(profile, counts, created)
+            save_plan(repo, plan)
+            return plan, True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class ServedModel:
+    """Config -> prepared model + plan + engine + residency registration; `infer` answers one batch."""
+
+    def __init__(
+        self,
+        settings: ServeSettings,
+        key: str,
+        max_batch_size: int,
+        instance_device: int | None = None,
+        residency: Residency | None = None,
+    ) -> None:
+        self.settings = settings
+        self.key = key
+        self.max_batch_size = max_batch_size
+        self.devices = choose_devices(settings, instance_device)
+        self.prepared = prepare_shared(settings.model, settings.dtype, settings.seed)
+        self.model = self.prepared.model
+        if settings.seq_len is not None and settings.seq_len > self.model.max_seq_len:
+            raise ConfigError(
+                f"parameter seq_len: {settings.seq_len} exceeds {self.model.name}'s maximum {self.model.max_seq_len}"
+            )
+        self.plan: Plan | None = None
+        self.planned_now = False
+        if settings.engine == "deepplan":
+            self.plan, self.planned_now = plan_or_make(self.prepared, settings, self.devices)
+        nbytes = self.prepared.table.nbytes
+        self.schedule, self.overlap = schedule_for(settings.engine, len(self.devices), nbytes, self.plan)
+        self.need_bytes = self.schedule.loaded_bytes(nbytes)
+        self.engine = ColdStartEngine(self.model, self.prepared.store, self.devices)
+        self.device_name = str(self.devices[0])
+        self.evictions = 0
+        self._lock = threading.Lock()
+        self.residency = residency or Residency(settings.residency_dir)
+        budget = settings.budget if settings.budget is not None else default_budget(self.devices[0], settings.reserve)
+        self.residency.register(key, self.device_name, budget, self._evict)
+
+    # ---- requests -----------------------------------------------------------------------------------------------
+
+    def validate(self, arrays: Mapping[str, np.ndarray | None]) -> dict[str, torch.Tensor]:
+        """Check one request's arrays against the model; tensors for `infer`, or RequestError."""
+        m = self.model
+        names = m.input_names
+        given = {k: v for k, v in arrays.items() if v is not None}
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise RequestError(f"unknown input(s) {', '.join(unknown)}; {m.name} takes {', '.join(names)}")
+        if names[0] not in given:
+            raise RequestError(f"missing required input {names[0]!r}")
+        first = given[names[0]]
+        if first.ndim < 1 or first.shape[0] < 1:
+            raise RequestError(f"{names[0]}: needs a batch dimension, got shape {list(first.shape)}")
+        batch = first.shape[0]
+        if batch > self.max_batch_size:
+            raise RequestError(f"batch of {batch} exceeds max_batch_size {self.max_batch_size}")
+        if m.family == "resnet":
+            return {"pixel_values": self._pixels(first)}
+        return self._text(given)
+
+    def _pixels(self, a: np.ndarray) -> torch.Tensor:
+        if a.dtype != np.float32:
+            raise RequestError(f"pixel_values: expected FP32, got {a.dtype}")
+        want = (3, IMAGE_SIZE, IMAGE_SIZE)
+        if a.ndim != 4 or tuple(a.shape[1:]) != want:
+            raise RequestError(f"pixel_values: expected shape [B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}], got {list(a.shape)}")
+        if not np.isfinite(a).all():
+            raise RequestError("pixel_values: contains NaN or infinity")
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    def _text(self, given: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        m = self.model
+        out = {}
+        for name in ("input_ids", "attention_mask"):
+            a = given.get(name)
+            if a is None:
+                continue
+            if a.dtype != np.int64:
+                raise RequestError(f"{name}: expected INT64, got {a.dtype}")
+            if a.ndim != 2:
+                raise RequestError(f"{name}: expected shape [B, S], got {list(a.shape)}")
+            out[name] = torch.from_numpy(np.ascontiguousarray(a))
+        ids = out["input_ids"]
+        seq = ids.shape[1]
+        if seq < 1:
+            raise RequestError("input_ids: empty sequence")
+        if seq > m.max_seq_len:
+            raise RequestError(f"input_ids: sequence of {seq} tokens exceeds {m.name}'s maximum {m.max_seq_len}")
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= m.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise RequestError(f"input_ids: token id {bad} out of range [0, {m.vocab_size}) for {m.name}")
+        mask = out.get("attention_mask")
+        if mask is not None:
+            if mask.shape != ids.shape:
+                raise RequestError(f"attention_mask: shape {list(mask.shape)} differs from input_ids {list(ids.shape)}")
+            if not bool(((mask == 0) | (mask == 1)).all()):
+                raise RequestError("attention_mask: values must be 0 or 1")
+        return out
+
+    def infer(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, bool, float]:
+        """Run one (validated, possibly batched) input: (output FP32 CPU, met a cold start, provisioning ms).
+
+        Provisioning time covers making room (evicting others) and the cold-start request; 0 when warm.
+        """
+        start = time.perf_counter()
+        self.residency.acquire(self.key, self.need_bytes)
+        resident = 0
+        try:
+            with self._lock:
+                result = self.engine.infer(inputs, self.schedule, self.overlap)
+                resident = self.engine.resident_bytes
+        finally:
+            self.residency.release(self.key, resident)
+        provision_ms = (time.perf_counter() - start) * 1e3 if result.cold else 0.0
+        return result.output, result.cold, provision_ms
+
+    # ---- residency ----------------------------------------------------------------------------------------------
+
+    def _evict(self) -> None:
+        """Called by the residency listener (another thread) when this idle model must give its memory back."""
+        with self._lock:
+            if self.engine.is_resident:
+                self.engine.evict()
+                self.evictions += 1
+
+    @property
+    def resident_bytes(self) -> int:
+        """Device bytes held now."""
+        return self.engine.resident_bytes
+
+    def close(self) -> None:
+        """Evict and leave the residency (model unload)."""
+        with self._lock:
+            self.engine.evict()
+        self.residency.unregister(self.key)
