@@ -36,8 +36,8 @@ from .transfer import resolve_devices
 from .zoo import IMAGE_SIZE, parse_dtype
 
 PLAN_DIR_ENV = "DEEPPLAN_PLAN_REPOSITORY"
-DEFAULT_PLAN_DIR = ".deepplan_plans"
-"""Default plan repository: this folder in the model repository root, shared by all its models."""
+DEFAULT_PLAN_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deepplan" / "plans"
+"""Default plan repository (outside the model repository, where Triton would take a folder for a model)."""
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -66,7 +66,7 @@ class ServeSettings:
     engine: str = "deepplan"
     devices: tuple[int, ...] | None = None  # None = auto
     dtype: str = "float32"
-    plan_repository: Path = Path(DEFAULT_PLAN_DIR)
+    plan_repository: Path = DEFAULT_PLAN_DIR
     seq_len: int | None = None
     budget: int | None = None  # None = device memory minus reserve
     reserve: int = DEFAULT_RESERVE_BYTES
@@ -108,7 +108,7 @@ class ServeSettings:
         except ValueError as exc:
             raise ConfigError(f"parameter dtype: {exc}") from None
         root = model_dir.parent if model_dir is not None else Path.cwd()
-        plan_repo = Path(params.get("plan_repository") or os.environ.get(PLAN_DIR_ENV) or root / DEFAULT_PLAN_DIR)
+        plan_repo = Path(params.get("plan_repository") or os.environ.get(PLAN_DIR_ENV) or DEFAULT_PLAN_DIR)
         if not plan_repo.is_absolute():
             plan_repo = root / plan_repo
         budget_text = params.get("budget", "auto").strip() or "auto"
