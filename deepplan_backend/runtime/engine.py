@@ -155,8 +155,6 @@ class ColdStartEngine:
                 torch.cuda.synchronize(d)
         layout.arena.unmap()
         self.copier.release()
-        if len(self.devices) > 1:
-            torch.cuda.empty_cache()  # peer staging went through PyTorch's cache; give it back too
 
     def close(self) -> None:
         """Evict and release every reserved address range."""

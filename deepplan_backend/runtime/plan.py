@@ -141,7 +141,9 @@ class PlanVariant:
         if self.engine not in ENGINES:
             raise PlanError(f"unknown engine {self.engine!r}; expected one of {', '.join(ENGINES)}")
         if self.schedule.num_devices != self.num_devices:
-            raise PlanError(f"{self.engine}: schedule is for {self.schedule.num_devices} devices, not {self.num_devices}")
+            raise PlanError(
+                f"{self.engine}: schedule is for {self.schedule.num_devices} devices, not {self.num_devices}"
+            )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ slot s > 0 copies over peer s's PCIe link into a staging buffer on the peer, the
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -70,6 +71,37 @@ class CpuCopyEngine:
         """Nothing staged."""
 
 
+STAGING_SLOT_BYTES = 8 << 20
+STAGING_SLOTS = 4
+"""A peer forwards through a small ring of staging slots: 32 MiB per peer GPU per process, whatever the model
+size, instead of a staging copy of its whole share (which would cost a cudaMalloc on every cold start)."""
+
+
+class _PeerLane:
+    """One peer GPU's copy path, shared by every engine of the process: PCIe into a staging ring, then NVLink.
+
+    Engines that use the same peer issue into the same two streams, so the ring's reuse is ordered by the
+    streams themselves; a lock keeps one engine's pieces from interleaving with another's while issuing.
+    """
+
+    def __init__(self, device: torch.device, cu: object) -> None:
+        self.device = device
+        self.h2d = torch.cuda.Stream(device)
+        self.p2p = torch.cuda.Stream(device)
+        self.ring = torch.empty(STAGING_SLOTS * STAGING_SLOT_BYTES, dtype=torch.uint8, device=device)
+        self.slot_free: list[torch.cuda.Event | None] = [None] * STAGING_SLOTS
+        self.next_slot = 0
+        self.lock = threading.Lock()
+        self.handles = {
+            id(self.h2d): cu.CUstream(self.h2d.cuda_stream),
+            id(self.p2p): cu.CUstream(self.p2p.cuda_stream),
+        }  # type: ignore[attr-defined]
+
+
+_lanes: dict[int, _PeerLane] = {}
+_lanes_lock = threading.Lock()
+
+
 class CudaCopyEngine:
     """Copies on dedicated streams of the target and its peers, one CUDA event per job.
 
@@ -85,15 +117,20 @@ class CudaCopyEngine:
         self.peers = list(peers)
         self.num_slots = 1 + len(self.peers)
         self.copy_stream = torch.cuda.Stream(device)
-        self.peer_h2d = [torch.cuda.Stream(p) for p in self.peers]
-        self.peer_p2p = [torch.cuda.Stream(p) for p in self.peers]
-        self._handles = {
-            id(s): self._cu.CUstream(s.cuda_stream) for s in [self.copy_stream, *self.peer_h2d, *self.peer_p2p]
-        }
-        self._staging: list[torch.Tensor | None] = [None] * len(self.peers)
+        self._copy_handle = self._cu.CUstream(self.copy_stream.cuda_stream)
+        self._lanes: list[_PeerLane] | None = None
 
-    def _memcpy(self, dst: int, src: int, nbytes: int, stream: torch.cuda.Stream) -> None:
-        err = self._cu.cuMemcpyAsync(dst, src, nbytes, self._handles[id(stream)])[0]
+    def _peer_lanes(self) -> list[_PeerLane]:
+        if self._lanes is None:
+            with _lanes_lock:
+                for p in self.peers:
+                    if p.index not in _lanes:
+                        _lanes[p.index] = _PeerLane(p, self._cu)  # type: ignore[index]
+                self._lanes = [_lanes[p.index] for p in self.peers]  # type: ignore[index]
+        return self._lanes
+
+    def _memcpy(self, dst: int, src: int, nbytes: int, handle: object) -> None:
+        err = self._cu.cuMemcpyAsync(dst, src, nbytes, handle)[0]
         if err != self._cu.CUresult.CUDA_SUCCESS:
             raise DeviceError(f"cuMemcpyAsync of {nbytes} bytes failed: {err}")
 
@@ -105,29 +142,40 @@ class CudaCopyEngine:
         for k, job in enumerate(jobs):
             _check_slot(job.slot, self.num_slots)
             if job.slot == 0:
-                self._memcpy(job.dst.data_ptr(), job.src.data_ptr(), job.src.numel(), self.copy_stream)
+                self._memcpy(job.dst.data_ptr(), job.src.data_ptr(), job.src.numel(), self._copy_handle)
                 tokens[k] = _record(self.copy_stream)
-        if self.num_slots > 1:
+        if self.num_slots > 1 and any(job.slot for job in jobs):
             self._issue_peers(jobs, tokens)
         return tokens
 
     def _issue_peers(self, jobs: Sequence[CopyJob], tokens: list[object]) -> None:
-        for s in range(len(self.peers)):
-            indices = [k for k, j in enumerate(jobs) if j.slot == s + 1]
-            if not indices:
-                continue
-            h2d, p2p = self.peer_h2d[s], self.peer_p2p[s]
-            staging = torch.empty(sum(jobs[k].src.numel() for k in indices), dtype=torch.uint8, device=self.peers[s])
-            self._staging[s] = staging
-            h2d.wait_stream(torch.cuda.current_stream(self.peers[s]))  # staging was allocated on that stream
-            cursor = staging.data_ptr()
-            for k in indices:
-                job, n = jobs[k], jobs[k].src.numel()
-                self._memcpy(cursor, job.src.data_ptr(), n, h2d)  # over the peer's own PCIe link
-                p2p.wait_event(_record(h2d))
-                self._memcpy(job.dst.data_ptr(), cursor, n, p2p)  # then NVLink into the target's arena
-                tokens[k] = _record(p2p)
-                cursor += n
+        compute = torch.cuda.current_stream(self.device)
+        for s, lane in enumerate(self._peer_lanes()):
+            with lane.lock:
+                lane.p2p.wait_stream(compute)  # the target's previous use of these bytes is over
+                for k, job in enumerate(jobs):
+                    if job.slot == s + 1:
+                        tokens[k] = self._forward_through(lane, job)
+
+    def _forward_through(self, lane: _PeerLane, job: CopyJob) -> object:
+        """Copy one job over the peer's link in ring-slot-sized pieces; returns the last piece's event."""
+        src, dst, total = job.src.data_ptr(), job.dst.data_ptr(), job.src.numel()
+        h2d_handle, p2p_handle = lane.handles[id(lane.h2d)], lane.handles[id(lane.p2p)]
+        done: object = None
+        for offset in range(0, total, STAGING_SLOT_BYTES):
+            n = min(STAGING_SLOT_BYTES, total - offset)
+            slot = lane.next_slot
+            lane.next_slot = (slot + 1) % STAGING_SLOTS
+            stage = lane.ring.data_ptr() + slot * STAGING_SLOT_BYTES
+            freed = lane.slot_free[slot]
+            if freed is not None:
+                lane.h2d.wait_event(freed)  # the slot's previous bytes have been forwarded
+            self._memcpy(stage, src + offset, n, h2d_handle)
+            lane.p2p.wait_event(_record(lane.h2d))
+            self._memcpy(dst + offset, stage, n, p2p_handle)
+            done = _record(lane.p2p)
+            lane.slot_free[slot] = done  # type: ignore[assignment]
+        return done
 
     def wait(self, token: object) -> None:
         """Compute stream waits on the job's event (events from peer devices are fine for CUDA)."""
@@ -135,8 +183,7 @@ class CudaCopyEngine:
             torch.cuda.current_stream(self.device).wait_event(token)  # type: ignore[arg-type]
 
     def release(self) -> None:
-        """Free peer staging; callers have synchronized with every copy before calling this."""
-        self._staging = [None] * len(self.peers)
+        """Nothing per engine: the staging rings are per process and bounded."""
 
 
 def _record(stream: torch.cuda.Stream) -> torch.cuda.Event:
