@@ -25,6 +25,7 @@ from typing import Any
 import gevent
 import gevent.pool
 import grpc.experimental.gevent
+import numpy as np
 from locust import User, events, task
 from locust.env import Environment
 from locust.runners import LocalRunner
@@ -185,8 +186,11 @@ class ReplayRun:
         self.target = target
         self.run_info = run_info
         self.records: list[RequestRecord] = []
+        # Requests sent and not answered yet: id -> (model, scheduled_s, send_s, perf_counter at send).
+        self._pending: dict[int, tuple[str, float, float, float]] = {}
         self.group = gevent.pool.Group()
         self.dispatched = 0
+        self.unanswered = 0
         self.completed = False
         self._written = False
         self._t0 = 0.0
@@ -201,16 +205,17 @@ class ReplayRun:
             delay = self._t0 + times[i] - time.perf_counter()
             if delay > 0:
                 gevent.sleep(delay)
-            self.group.spawn(self._send, self.opts.models[instances[i]], float(times[i]))
+            self.group.spawn(self._send, i, self.opts.models[instances[i]], float(times[i]))
             self.dispatched += 1
         # Run to the schedule's end even if the last arrival came earlier, so rates are per full duration.
         rest = self._t0 + self.schedule.duration_s - time.perf_counter()
         if rest > 0:
             gevent.sleep(rest)
 
-    def _send(self, model: str, scheduled_s: float) -> None:
-        send_s = time.perf_counter() - self._t0
+    def _send(self, request_id: int, model: str, scheduled_s: float) -> None:
         start = time.perf_counter()
+        send_s = start - self._t0
+        self._pending[request_id] = (model, scheduled_s, send_s, start)
         exception: Exception | None = None
         cold, provision, size = None, None, 0
         try:
@@ -219,6 +224,8 @@ class ReplayRun:
         except Exception as exc:  # noqa: BLE001 - every failure is a logged, counted request
             exception = exc
         latency_ms = (time.perf_counter() - start) * 1000.0
+        if self._pending.pop(request_id, None) is None:
+            return  # already logged as unanswered by abandon_pending()
         self.records.append(
             RequestRecord(
                 send_s,
@@ -241,9 +248,28 @@ class ReplayRun:
         )
 
     def drain(self) -> None:
-        """Wait up to ``drain_s`` for outstanding requests; then give up on them (logged as missing)."""
+        """Wait up to ``drain_s`` for outstanding requests, then log the rest as failed."""
         self.group.join(timeout=self.opts.drain_s)
         self.completed = True
+        self.abandon_pending(f"no response within --drain-s {self.opts.drain_s:g} s after the last arrival")
+
+    def abandon_pending(self, reason: str) -> None:
+        """Log every unanswered request as an error (so goodput counts it as a miss) and stop waiting."""
+        now = time.perf_counter()
+        for model, scheduled_s, send_s, start in self._pending.values():
+            latency_ms = (now - start) * 1000.0
+            self.records.append(RequestRecord(send_s, scheduled_s, model, latency_ms, False, reason))
+            self.environment.events.request.fire(
+                request_type=self.opts.protocol,
+                name=model,
+                response_time=latency_ms,
+                response_length=0,
+                exception=TimeoutError(reason),
+                context={},
+            )
+        self.unanswered += len(self._pending)
+        self._pending.clear()
+        self.group.kill(block=False)
 
     def finish(self) -> Path | None:
         """Write log, summary and plots once; returns the summary's path (None if nothing was sent)."""
@@ -252,19 +278,25 @@ class ReplayRun:
         self._written = True
         records = sorted(self.records, key=lambda r: r.send_s)
         out = self.opts.results_dir
+        duration, scheduled = self.schedule.duration_s, len(self.schedule)
+        if not self.completed:
+            # Stopped early: rates are over the time it ran, against what was scheduled until then.
+            duration = max(1e-3, time.perf_counter() - self._t0)
+            scheduled = int(np.searchsorted(self.schedule.times_s, duration))
         # Summarize what the log file holds (as rounded there), so an offline recompute matches exactly.
         records = read_log(write_log(out / LOG_FILE, records))
         info = {
             **self.run_info,
             "completed": self.completed,
             "dispatched": self.dispatched,
-            "unanswered": self.dispatched - len(records),
+            "unanswered": self.unanswered,
+            "spawned_not_sent": self.dispatched - len(records),  # killed by an early stop before sending
+            "schedule_requests": len(self.schedule),
+            "schedule_duration_s": self.schedule.duration_s,
         }
-        summary = summarize(
-            records, self.opts.slo_ms, self.schedule.duration_s, self.opts.rate, len(self.schedule), info
-        )
+        summary = summarize(records, self.opts.slo_ms, duration, self.opts.rate, scheduled, info)
         path = write_summary(out / SUMMARY_FILE, summary)
-        write_plots(records, out, self.opts.slo_ms, self.schedule.duration_s)
+        write_plots(records, out, self.opts.slo_ms, duration)
         LOGGER.info(
             "open-loop results in %s: %d sent, p99 %s ms, goodput %s %%, cold-start rate %s",
             out,
@@ -283,7 +315,7 @@ _ACTIVE: dict[int, ReplayRun] = {}  # runs by id(environment): test_stop must fi
 def _on_test_stop(environment: Environment, **_: Any) -> None:
     run = _ACTIVE.pop(id(environment), None)
     if run is not None:
-        run.group.kill(block=False)  # stopped early (Ctrl-C, --run-time, UI): keep what was answered
+        run.abandon_pending("test stopped before the response")  # Ctrl-C, --run-time, the UI's stop
         run.finish()
 
 
