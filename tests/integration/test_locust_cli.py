@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # a Locust process per test (~2 s each)
 COMMON = [
     "--rate",
     "--instances",
