@@ -1,7 +1,8 @@
 """The Triton side of a load test: discover each model's inputs, build requests, send them.
 
 Inputs are discovered from Triton's model metadata and config, so any model family works: dynamic
-dimensions become batch 1 (the batch dimension of a batching model) or ``seq_len`` (all others).
+dimensions become batch 1 (the first dimension of a batching model, or of any input of rank >= 2 in a
+non-batching one, where it is the batch by convention) or ``seq_len`` (all others).
 Input values: names containing ``mask`` are ones, integer inputs are token ids in ``[1000, 2000)``
 (valid in every text vocabulary of the zoo), float inputs are standard normal. Each model's request
 tensors are built once and reused by every request to it.
@@ -80,7 +81,7 @@ def model_io(model: str, metadata: Mapping[str, Any], max_batch_size: int, seq_l
         model: model name, for error messages.
         metadata: Triton model metadata as a dict (HTTP or gRPC ``as_json`` form; dims may be strings).
         max_batch_size: from the model config; > 0 means the first metadata dim is the batch.
-        seq_len: value for every other dynamic dimension.
+        seq_len: value for every other dynamic dimension (a rank-1 input of a non-batching model too).
     """
     inputs = []
     for spec in metadata.get("inputs", []):
@@ -90,7 +91,8 @@ def model_io(model: str, metadata: Mapping[str, Any], max_batch_size: int, seq_l
             if d >= 0:
                 resolved.append(d)
             else:
-                resolved.append(1 if i == 0 and max_batch_size > 0 else seq_len)
+                is_batch = i == 0 and (max_batch_size > 0 or len(dims) >= 2)
+                resolved.append(1 if is_batch else seq_len)
         if spec["datatype"] not in _NUMPY_TYPES:
             raise TargetError(
                 f"model {model!r}: input {spec['name']!r} has datatype {spec['datatype']}, "

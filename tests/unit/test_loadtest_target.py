@@ -47,9 +47,16 @@ def test_resnet_model_io_without_cold_start_output():
     assert io.outputs == ("output",) and not io.reports_cold_start
 
 
-def test_non_batching_model_resolves_every_dynamic_dim_to_seq_len():
-    io = model_io("m", {"inputs": [{"name": "x", "datatype": "INT32", "shape": [-1, 4]}]}, 0, 16)
-    assert io.inputs[0].shape == (16, 4)
+def test_non_batching_model_takes_the_first_dim_of_a_matrix_as_batch():
+    metadata = {
+        "inputs": [
+            {"name": "x", "datatype": "INT32", "shape": [-1, 4]},
+            {"name": "ids", "datatype": "INT64", "shape": [-1, -1]},
+            {"name": "tokens", "datatype": "INT64", "shape": [-1]},
+        ]
+    }
+    io = model_io("m", metadata, 0, 16)
+    assert [i.shape for i in io.inputs] == [(1, 4), (1, 16), (16,)]
     assert io.outputs == ()  # no "output": ask for every output
 
 
