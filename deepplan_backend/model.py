@@ -73,6 +73,7 @@ class TritonPythonModel:
     """Triton entry points; all logic lives in `ServedModel`."""
 
     def initialize(self, args: dict[str, str]) -> None:
+        """Host weights, plan and residency registration; the device stays empty until the first request."""
         from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
 
         config = json.loads(args["model_config"])
@@ -84,7 +85,11 @@ class TritonPythonModel:
         self.batched = int(config.get("max_batch_size", 0)) > 0
         self.served = ServedModel(settings, args["model_instance_name"], self.max_batch_size, device_id)
         self.input_names = self.served.model.input_names
-        labels = {"model": args["model_name"], "instance": args["model_instance_name"], "device": self.served.device_name}
+        labels = {
+            "model": args["model_name"],
+            "instance": args["model_instance_name"],
+            "device": self.served.device_name,
+        }
         self.metrics = _Metrics(labels)
         self.metrics.sync(0, 0)
         plan = "planned now" if self.served.planned_now else "plan from repository"
@@ -147,7 +152,10 @@ class TritonPythonModel:
             if not self.batched:
                 rows, flags = rows[0], flags[0]
             responses[i] = pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor("output", np.ascontiguousarray(rows)), pb_utils.Tensor("cold_start", flags)]
+                output_tensors=[
+                    pb_utils.Tensor("output", np.ascontiguousarray(rows)),
+                    pb_utils.Tensor("cold_start", flags),
+                ]
             )
 
     def finalize(self) -> None:

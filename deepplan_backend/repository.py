@@ -171,9 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     else:
         folders = [
-            write_model(
-                args.out, m, config_pbtxt(m, m, max_batch_size=args.max_batch_size, parameters=params)
-            )
+            write_model(args.out, m, config_pbtxt(m, m, max_batch_size=args.max_batch_size, parameters=params))
             for m in args.models
         ]
     print(f"wrote {len(folders)} model(s) under {args.out}")

@@ -72,13 +72,19 @@ def default_state_dir() -> Path:
     return base / f"deepplan-residency-{os.getppid()}"
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks (field 22 of /proc/<pid>/stat), or None if it is gone."""
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state first), or None if it is gone."""
     try:
         data = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return data.rsplit(")", 1)[1].split()[19]
+    return data.rsplit(")", 1)[1].split()
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks (field 22 of /proc/<pid>/stat), or None if it is gone."""
+    fields = _stat(pid)
+    return None if fields is None else fields[19]
 
 
 def _alive(pid: int, start: str | None) -> bool:
@@ -88,10 +94,12 @@ def _alive(pid: int, start: str | None) -> bool:
         return False
     except PermissionError:
         pass
-    current = _start_time(pid)
-    if current is None:
+    fields = _stat(pid)
+    if fields is None:
         return Path("/proc").is_dir() is False  # no procfs: trust kill(0)
-    return start is None or current == start
+    if fields[0] in ("Z", "X"):  # a killed stub stays a zombie until tritonserver reaps it
+        return False
+    return start is None or fields[19] == start
 
 
 def _socket_name(state_dir: Path, pid: int) -> str:
