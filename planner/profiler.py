@@ -9,6 +9,7 @@ memory; each layer's span then only reads its own weights over PCIe.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -219,7 +220,13 @@ def profile_model(
         steps.update()
         load_ms = _median_runs(lambda: _layer_load_times(prepared, target, clock), warmup, repeats)
         steps.update()
-        links = measure_links(devices)
+        setup = []
+        for k in range(warmup + repeats):
+            spent = engine.provision(LoadSchedule.all_on_target(n))
+            engine.evict()
+            if k >= warmup:
+                setup.append(spent)
+        links = dataclasses.replace(measure_links(devices), setup_ms=statistics.median(setup))
         steps.update()
     finally:
         engine.evict()

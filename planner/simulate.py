@@ -10,6 +10,8 @@ The model of the hardware, kept deliberately small so the planner can call it th
 - When k slots copy at once, host memory bounds them: each copy takes `load_ms * h2d_gbps / per_link_gbps(k)`.
   k counts the slots that copy at least one layer, and the scaling holds for the whole cold start (a slot that
   finishes early is not credited back; this slightly overestimates, which keeps plans conservative).
+- Execution cannot begin before `links.setup_ms`, the host time a cold start spends mapping memory, issuing
+  copies and binding weights (copies are modelled as starting at t=0).
 - Layer i starts at max(end of layer i-1, ready_i) and runs `exec_ms`, or `dha_exec_ms` if it is read by DHA,
   in which case it is ready at t=0.
 """
@@ -131,7 +133,7 @@ def execute(profile: ModelProfile, sources: Sequence[int], ready: Sequence[float
     """Run the layers in order, each as soon as the previous one ended and its weights are ready."""
     start = [0.0] * len(ready)
     end = [0.0] * len(ready)
-    clock = 0.0
+    clock = profile.links.setup_ms  # nothing executes before the host has set the cold start up
     for i, (layer, src) in enumerate(zip(profile.layers, sources, strict=True)):
         begin = max(clock, ready[i])
         clock = begin + (layer.dha_exec_ms if src == DHA else layer.exec_ms)
@@ -176,7 +178,7 @@ class CostModel:
         scale = self.scale(len(used))
         h2d_free = [0.0] * (max(used) + 1 if used else 1)
         fwd_free = list(h2d_free)
-        clock = 0.0
+        clock = self.profile.links.setup_ms
         load, exe, dha, forward = self.load, self.exec, self.dha, self.forward
         for i, src in enumerate(sources):
             if src == DHA:

@@ -188,11 +188,10 @@ class CudaArena:
             _check(_driver().cuMemAddressFree(self._ptr, self._size), "cuMemAddressFree")
 
 
-def make_arena(nbytes: int, devices: Sequence[torch.device]) -> Arena:
-    """An arena on `devices[0]` writable by the other devices (PT peers)."""
-    target = devices[0]
-    if target.type == "cpu":
+def make_arena(nbytes: int, device: torch.device) -> Arena:
+    """An arena on `device`, private to it (PT peers' bytes are pulled by the target, see transfer.py)."""
+    if device.type == "cpu":
         return HostArena(nbytes)
     if not vmm_available():
         raise ArenaError("CUDA arenas need the `cuda-bindings` (cuda-python) package: pip install cuda-python")
-    return CudaArena(nbytes, target, devices[1:])
+    return CudaArena(nbytes, device)

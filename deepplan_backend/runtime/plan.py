@@ -63,12 +63,16 @@ class LinkProfile:
     """Copy bandwidths measured on the planning machine, in GB/s (1e9 bytes per second).
 
     `concurrent_h2d_gbps[k]` is the aggregate host-to-GPU bandwidth when k GPUs copy at once (host memory, not
-    PCIe, bounds it for large k), so one link's share then is `concurrent_h2d_gbps[k] / k`.
+    PCIe, bounds it for large k), so one link's share then is `concurrent_h2d_gbps[k] / k`. Despite the class
+    name, `setup_ms` (host-side start-up of a cold start) is kept here too: it is a property of the machine.
     """
 
     h2d_gbps: float
     p2p_gbps: float
     concurrent_h2d_gbps: Mapping[int, float] = field(default_factory=dict)
+    setup_ms: float = 0.0
+    """Host time a cold start spends before its first kernel launch (arena map, copy issue, binding): on a
+    launch-bound GPU nothing executes before it, so the simulator starts execution at this time."""
 
     def per_link_gbps(self, num_devices: int) -> float:
         """Bandwidth one link gets while `num_devices` links copy at the same time."""

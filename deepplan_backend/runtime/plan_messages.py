@@ -53,6 +53,7 @@ _SCHEMA: tuple[tuple[str, tuple[tuple[str, int, int, bool, str], ...]], ...] = (
             ("h2d_gbps", 1, _F.TYPE_DOUBLE, False, ""),
             ("p2p_gbps", 2, _F.TYPE_DOUBLE, False, ""),
             ("concurrent_h2d", 3, _F.TYPE_MESSAGE, True, "ConcurrentBandwidth"),
+            ("setup_ms", 4, _F.TYPE_DOUBLE, False, ""),
         ),
     ),
     (

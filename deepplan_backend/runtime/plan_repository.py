@@ -111,6 +111,7 @@ def _to_message(plan: Plan):
         )
     msg.links.h2d_gbps = plan.links.h2d_gbps
     msg.links.p2p_gbps = plan.links.p2p_gbps
+    msg.links.setup_ms = plan.links.setup_ms
     for n, gbps in sorted(plan.links.concurrent_h2d_gbps.items()):
         msg.links.concurrent_h2d.add(num_devices=n, gbps=gbps)
     for v in plan.variants:
@@ -264,6 +265,7 @@ def _links_of(msg) -> LinkProfile:
         h2d_gbps=_finite(msg.links.h2d_gbps, "h2d_gbps", positive=True, limit=MAX_GBPS),
         p2p_gbps=_finite(msg.links.p2p_gbps, "p2p_gbps", positive=True, limit=MAX_GBPS),
         concurrent_h2d_gbps=concurrent,
+        setup_ms=_finite(msg.links.setup_ms, "setup_ms"),
     )
 
 

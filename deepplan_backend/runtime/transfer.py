@@ -78,27 +78,39 @@ size, instead of a staging copy of its whole share (which would cost a cudaMallo
 
 
 class _PeerLane:
-    """One peer GPU's copy path, shared by every engine of the process: PCIe into a staging ring, then NVLink.
+    """One peer's path to one target, shared by every engine of the process.
 
-    Engines that use the same peer issue into the same two streams, so the ring's reuse is ordered by the
-    streams themselves; a lock keeps one engine's pieces from interleaving with another's while issuing.
+    The peer copies over its own PCIe link into a staging ring on the peer; the *target* pulls each piece over
+    NVLink on its own stream. Pulling keeps the target's arena private to the target (granting peers access
+    to a freshly mapped arena costs as much as mapping it again, on every cold start). Engines that share the
+    lane issue into the same streams, so ring reuse is ordered by the streams; a lock keeps one engine's
+    pieces from interleaving with another's while issuing.
     """
 
-    def __init__(self, device: torch.device, cu: object) -> None:
-        self.device = device
-        self.h2d = torch.cuda.Stream(device)
-        self.p2p = torch.cuda.Stream(device)
-        self.ring = torch.empty(STAGING_SLOTS * STAGING_SLOT_BYTES, dtype=torch.uint8, device=device)
+    def __init__(self, peer: torch.device, target: torch.device, cu: object) -> None:
+        _enable_peer_access(target, peer)
+        self.h2d = torch.cuda.Stream(peer)
+        self.pull = torch.cuda.Stream(target)
+        self.ring = torch.empty(STAGING_SLOTS * STAGING_SLOT_BYTES, dtype=torch.uint8, device=peer)
         self.slot_free: list[torch.cuda.Event | None] = [None] * STAGING_SLOTS
         self.next_slot = 0
         self.lock = threading.Lock()
-        self.handles = {
-            id(self.h2d): cu.CUstream(self.h2d.cuda_stream),
-            id(self.p2p): cu.CUstream(self.p2p.cuda_stream),
-        }  # type: ignore[attr-defined]
+        self.h2d_handle = cu.CUstream(self.h2d.cuda_stream)  # type: ignore[attr-defined]
+        self.pull_handle = cu.CUstream(self.pull.cuda_stream)  # type: ignore[attr-defined]
 
 
-_lanes: dict[int, _PeerLane] = {}
+def _enable_peer_access(target: torch.device, peer: torch.device) -> None:
+    """Let `target`'s copy engine read `peer`'s memory directly over NVLink (else copies bounce via the host)."""
+    from cuda.bindings import runtime as cudart
+
+    with torch.cuda.device(target):
+        torch.cuda.current_stream()  # makes the target's primary context current on this thread
+        (err,) = cudart.cudaDeviceEnablePeerAccess(peer.index, 0)
+    if err not in (cudart.cudaError_t.cudaSuccess, cudart.cudaError_t.cudaErrorPeerAccessAlreadyEnabled):
+        raise DeviceError(f"cannot enable peer access from GPU {target.index} to GPU {peer.index}: {err}")
+
+
+_lanes: dict[tuple[int, int], _PeerLane] = {}
 _lanes_lock = threading.Lock()
 
 
@@ -123,10 +135,11 @@ class CudaCopyEngine:
     def _peer_lanes(self) -> list[_PeerLane]:
         if self._lanes is None:
             with _lanes_lock:
-                for p in self.peers:
-                    if p.index not in _lanes:
-                        _lanes[p.index] = _PeerLane(p, self._cu)  # type: ignore[index]
-                self._lanes = [_lanes[p.index] for p in self.peers]  # type: ignore[index]
+                keys = [(int(p.index), int(self.device.index)) for p in self.peers]  # type: ignore[arg-type]
+                for key, p in zip(keys, self.peers, strict=True):
+                    if key not in _lanes:
+                        _lanes[key] = _PeerLane(p, self.device, self._cu)
+                self._lanes = [_lanes[key] for key in keys]
         return self._lanes
 
     def _memcpy(self, dst: int, src: int, nbytes: int, handle: object) -> None:
@@ -152,7 +165,7 @@ class CudaCopyEngine:
         compute = torch.cuda.current_stream(self.device)
         for s, lane in enumerate(self._peer_lanes()):
             with lane.lock:
-                lane.p2p.wait_stream(compute)  # the target's previous use of these bytes is over
+                lane.pull.wait_stream(compute)  # the target's previous use of these bytes is over
                 for k, job in enumerate(jobs):
                     if job.slot == s + 1:
                         tokens[k] = self._forward_through(lane, job)
@@ -160,7 +173,6 @@ class CudaCopyEngine:
     def _forward_through(self, lane: _PeerLane, job: CopyJob) -> object:
         """Copy one job over the peer's link in ring-slot-sized pieces; returns the last piece's event."""
         src, dst, total = job.src.data_ptr(), job.dst.data_ptr(), job.src.numel()
-        h2d_handle, p2p_handle = lane.handles[id(lane.h2d)], lane.handles[id(lane.p2p)]
         done: object = None
         for offset in range(0, total, STAGING_SLOT_BYTES):
             n = min(STAGING_SLOT_BYTES, total - offset)
@@ -170,10 +182,10 @@ class CudaCopyEngine:
             freed = lane.slot_free[slot]
             if freed is not None:
                 lane.h2d.wait_event(freed)  # the slot's previous bytes have been forwarded
-            self._memcpy(stage, src + offset, n, h2d_handle)
-            lane.p2p.wait_event(_record(lane.h2d))
-            self._memcpy(dst + offset, stage, n, p2p_handle)
-            done = _record(lane.p2p)
+            self._memcpy(stage, src + offset, n, lane.h2d_handle)
+            lane.pull.wait_event(_record(lane.h2d))
+            self._memcpy(dst + offset, stage, n, lane.pull_handle)
+            done = _record(lane.pull)
             lane.slot_free[slot] = done  # type: ignore[assignment]
         return done
 
