@@ -144,8 +144,10 @@ class ColdStartEngine:
         return InferenceResult(result, cold, (time.perf_counter() - start) * 1e3, copied)
 
     def provision(self, schedule: LoadSchedule) -> float:
-        """Make the model resident without running it (pre-warming); returns the host milliseconds spent
-        before the copies were in flight and the weights bound: a cold start's set-up cost.
+        """Make the model resident without running it (pre-warming); returns the set-up host time in ms.
+
+        Set-up is what a cold start spends before its first launch: mapping the arena, issuing the copies and
+        binding the weights.
         """
         if self._resident is not None:
             return 0.0
