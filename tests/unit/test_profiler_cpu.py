@@ -1,0 +1,97 @@
+"""The profiler on the CPU (`planner/profiler.py`): one calibrated row per layer, keyed for this machine."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from deepplan_backend.runtime.plan import ModelProfile
+from deepplan_backend.runtime.prepared import PreparedModel, prepare
+from planner.profiler import _calibrated, measure_links, profile_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def bert() -> tuple[PreparedModel, ModelProfile]:
+    prepared = prepare("tiny-bert")
+    return prepared, profile_model(prepared, [CPU], repeats=2, warmup=1, progress=False)
+
+
+def test_one_profile_row_per_layer(bert) -> None:
+    prepared, profile = bert
+    assert len(profile.layers) == len(prepared.table)
+    for row, layer in zip(profile.layers, prepared.table, strict=True):
+        assert (row.index, row.name, row.nbytes) == (layer.index, layer.name, layer.nbytes)
+    assert profile.total_bytes == prepared.table.total_bytes
+
+
+def test_times_are_nonnegative_and_finite(bert) -> None:
+    _, profile = bert
+    for row in profile.layers:
+        for value in (row.load_ms, row.exec_ms, row.dha_exec_ms):
+            assert math.isfinite(value) and value >= 0, row
+    assert profile.warm_ms > 0
+    assert sum(row.exec_ms for row in profile.layers) > 0
+    assert sum(row.dha_exec_ms for row in profile.layers) > 0
+    assert sum(row.load_ms for row in profile.layers) > 0
+
+
+def test_exec_times_add_up_to_the_warm_forward(bert) -> None:
+    _, profile = bert
+    assert sum(row.exec_ms for row in profile.layers) == pytest.approx(profile.warm_ms, rel=1e-6)
+
+
+def test_key_and_fingerprint(bert) -> None:
+    prepared, profile = bert
+    assert profile.key.gpu_name == "cpu"
+    assert profile.key.model == "tiny-bert"
+    assert (profile.key.batch_size, profile.key.seq_len, profile.key.dtype) == (1, 16, "float32")
+    assert profile.key == prepared.plan_key(1, None, "cpu")
+    assert profile.fingerprint == prepared.fingerprint
+
+
+def test_links_measured(bert) -> None:
+    _, profile = bert
+    links = profile.links
+    assert links.h2d_gbps > 0 and links.p2p_gbps > 0
+    assert links.concurrent_h2d_gbps.get(1, 0) > 0
+    assert links.setup_ms >= 0 and math.isfinite(links.setup_ms)
+
+
+def test_profiling_leaves_the_model_on_host_memory(bert) -> None:
+    prepared, _ = bert
+    buffer = prepared.store.buffer
+    start, end = buffer.data_ptr(), buffer.data_ptr() + buffer.numel()
+    module = prepared.model.module
+    for t in (*module.parameters(), *module.buffers()):
+        assert start <= t.data_ptr() < end
+    assert all(not m._forward_pre_hooks for m in module.modules())
+    inputs = prepared.model.example_inputs(1)
+    fresh = prepare("tiny-bert")
+    with torch.inference_mode():
+        assert torch.equal(module(**inputs), fresh.model.module(**inputs))
+
+
+def test_batch_and_sequence_length_reach_the_key() -> None:
+    prepared = prepare("tiny-gpt2")
+    profile = profile_model(prepared, [CPU], batch_size=2, seq_len=8, repeats=1, warmup=0, progress=False)
+    assert (profile.key.batch_size, profile.key.seq_len, profile.key.gpu_name) == (2, 8, "cpu")
+    assert len(profile.layers) == len(prepared.table)
+    assert sum(row.exec_ms for row in profile.layers) == pytest.approx(profile.warm_ms, rel=1e-6)
+    # The tied LM head's DHA penalty is charged to the embedding that owns the tensor.
+    head = next(layer for layer in prepared.table if layer.shared)
+    assert profile.layers[head.index].dha_exec_ms <= profile.layers[head.index].exec_ms + 1e-9
+
+
+def test_calibration_scales_spans_to_the_forward() -> None:
+    assert _calibrated([1.0, 3.0], 8.0) == [2.0, 6.0]
+    assert _calibrated([0.0, 0.0], 5.0) == [0.0, 0.0]
+
+
+def test_measure_links_on_cpu() -> None:
+    links = measure_links([CPU], nbytes=1 << 20)
+    assert links.h2d_gbps > 0 and links.p2p_gbps == links.h2d_gbps
+    assert set(links.concurrent_h2d_gbps) == {1}
