@@ -23,7 +23,7 @@ from planner.__main__ import default_plan_repo, device_counts_for
 from planner.planning import make_plan
 from planner.profiler import measure_links, profile_model
 
-from .measure import Measurement, measure
+from .measure import Measurement, Run, measure, measure_interleaved
 from .table import default_configs, parse_config, write_results
 
 
@@ -73,7 +73,7 @@ def run_single(args: argparse.Namespace, repo: Path) -> int:
         result = measure(
             prepared, args.engine, devices, plan, links, args.batch_size, args.seq_len, args.repeats, args.warmup
         )
-        print(f"model average inference time : {result.cold_ms:.4f} ms")
+        print(f"model average inference time : {result.cold_mean_ms:.4f} ms")
         print(
             f"  warm {result.warm_ms:.3f} ms | load-bound limit {result.limit_ms:.3f} ms"
             + (f" | predicted {result.predicted_ms:.3f} ms" if result.predicted_ms is not None else "")
@@ -92,27 +92,18 @@ def run_table(args: argparse.Namespace, repo: Path) -> int:
     for name in models:
         prepared = prepare(name, dtype=parse_dtype(args.dtype))
         plan = obtain_plan(prepared, args, repo, all_devices)
-        for engine, ids in configs:
-            result = measure(
-                prepared,
-                engine,
-                resolve_devices(list(ids)),
-                plan,
-                links[ids],
-                args.batch_size,
-                args.seq_len,
-                args.repeats,
-                args.warmup,
-            )
+        runs = [Run(engine, tuple(resolve_devices(list(ids))), links[ids]) for engine, ids in configs]
+        results = measure_interleaved(prepared, runs, plan, args.batch_size, args.seq_len, args.repeats, args.warmup)
+        for result in results:
             rows.append(result)
-            shown = ",".join(map(str, ids)) or str(all_devices[0])
+            shown = ",".join(str(d) for d in result.devices if d >= 0) or str(all_devices[0])
+            predicted = result.predicted_ms if result.predicted_ms is not None else float("nan")
             print(
-                f"{name:14s} {engine:9s} d={shown:8s} cold {result.cold_ms:8.3f} ms  "
-                f"warm {result.warm_ms:7.3f}  limit {result.limit_ms:7.3f}  "
-                f"pred {result.predicted_ms if result.predicted_ms is not None else float('nan'):8.3f}",
+                f"{name:14s} {result.engine:9s} d={shown:8s} cold {result.cold_ms:8.3f} ms  "
+                f"warm {result.warm_ms:7.3f}  limit {result.limit_ms:7.3f}  pred {predicted:8.3f}",
                 flush=True,
             )
-            write_results(rows, args.output, gpu_name(all_devices[0]), args.dtype)
+        write_results(rows, args.output, gpu_name(all_devices[0]), args.dtype)
         del prepared
     print(f"wrote {args.output} and {args.output.with_suffix('.json')}")
     return 0

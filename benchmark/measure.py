@@ -21,13 +21,15 @@ from deepplan_backend.runtime.schedules import schedule_for
 
 @dataclass(frozen=True)
 class Measurement:
-    """Latencies in ms; `limit_ms` = bytes copied / aggregate H2D bandwidth of the devices used."""
+    """Latencies in ms (medians; `cold_mean_ms` is the seed's "average"); `limit_ms` = bytes copied / aggregate
+    H2D bandwidth of the devices used.
+    """
 
     model: str
     engine: str
     devices: tuple[int, ...]
     cold_ms: float
-    cold_p50_ms: float
+    cold_mean_ms: float
     warm_ms: float
     limit_ms: float
     copied_bytes: int
@@ -41,6 +43,68 @@ def load_bound_ms(copied_bytes: int, links: LinkProfile, num_devices: int) -> fl
     return copied_bytes / (aggregate * 1e9) * 1e3
 
 
+@dataclass(frozen=True)
+class Run:
+    """One configuration to measure: an engine mode over a device list, and those devices' bandwidths."""
+
+    engine: str
+    devices: tuple[torch.device, ...]
+    links: LinkProfile
+
+
+def measure_interleaved(
+    prepared: PreparedModel,
+    runs: Sequence[Run],
+    plan: Plan | None,
+    batch_size: int = 1,
+    seq_len: int | None = None,
+    repeats: int = 10,
+    warmup: int = 3,
+) -> list[Measurement]:
+    """Measure several configurations of one model, taking their samples in turn.
+
+    Round-robin sampling spreads slow phases of a shared machine (other tenants, clock changes) over every
+    configuration alike, so their ratios stay meaningful even when absolute times drift.
+    """
+    inputs = prepared.model.example_inputs(batch_size, seq_len)
+    engines, schedules = [], []
+    for run in runs:
+        schedules.append(schedule_for(run.engine, len(run.devices), prepared.table.nbytes, plan))
+        engines.append(ColdStartEngine(prepared.model, prepared.store, list(run.devices)))
+    cold: list[list[float]] = [[] for _ in runs]
+    warm: list[list[float]] = [[] for _ in runs]
+    copied = [0] * len(runs)
+    try:
+        for k in range(warmup + repeats):
+            for i, (engine, (schedule, overlap)) in enumerate(zip(engines, schedules, strict=True)):
+                engine.evict()
+                first = engine.infer(inputs, schedule, overlap)
+                second = engine.infer(inputs, schedule, overlap)
+                engine.evict()  # engines of one model share its module: only one may be bound at a time
+                if k >= warmup:
+                    cold[i].append(first.latency_ms)
+                    warm[i].append(second.latency_ms)
+                    copied[i] = first.copied_bytes
+    finally:
+        for engine in engines:
+            engine.close()
+    return [
+        Measurement(
+            model=prepared.model.name,
+            engine=run.engine,
+            devices=tuple(d.index if d.index is not None else -1 for d in run.devices),
+            cold_ms=statistics.median(cold[i]),
+            cold_mean_ms=statistics.fmean(cold[i]),
+            warm_ms=statistics.median(warm[i]),
+            limit_ms=load_bound_ms(copied[i], run.links, len(run.devices)),
+            copied_bytes=copied[i],
+            predicted_ms=plan.variant(run.engine, len(run.devices)).predicted_ms if plan is not None else None,
+            samples=len(cold[i]),
+        )
+        for i, run in enumerate(runs)
+    ]
+
+
 def measure(
     prepared: PreparedModel,
     engine_name: str,
@@ -52,35 +116,6 @@ def measure(
     repeats: int = 10,
     warmup: int = 3,
 ) -> Measurement:
-    """Run `warmup + repeats` cold starts (each followed by warm runs) and summarize."""
-    schedule, overlap = schedule_for(engine_name, len(devices), prepared.table.nbytes, plan)
-    engine = ColdStartEngine(prepared.model, prepared.store, devices)
-    inputs = prepared.model.example_inputs(batch_size, seq_len)
-    cold, warm = [], []
-    copied = 0
-    try:
-        for k in range(warmup + repeats):
-            engine.evict()
-            first = engine.infer(inputs, schedule, overlap)
-            second = engine.infer(inputs, schedule, overlap)
-            if k >= warmup:
-                cold.append(first.latency_ms)
-                warm.append(second.latency_ms)
-                copied = first.copied_bytes
-    finally:
-        engine.evict()
-    predicted = None
-    if plan is not None:
-        predicted = plan.variant(engine_name, len(devices)).predicted_ms
-    return Measurement(
-        model=prepared.model.name,
-        engine=engine_name,
-        devices=tuple(d.index if d.index is not None else -1 for d in devices),
-        cold_ms=statistics.fmean(cold),
-        cold_p50_ms=statistics.median(cold),
-        warm_ms=statistics.median(warm),
-        limit_ms=load_bound_ms(copied, links, len(devices)),
-        copied_bytes=copied,
-        predicted_ms=predicted,
-        samples=len(cold),
-    )
+    """Run `warmup + repeats` cold starts (each followed by a warm run) of one configuration and summarize."""
+    run = Run(engine_name, tuple(devices), links)
+    return measure_interleaved(prepared, [run], plan, batch_size, seq_len, repeats, warmup)[0]

@@ -21,7 +21,7 @@ COLUMNS = (
     "devices",
     "dtype",
     "cold_ms",
-    "cold_p50_ms",
+    "cold_mean_ms",
     "warm_ms",
     "limit_ms",
     "predicted_ms",
@@ -63,7 +63,7 @@ def write_results(rows: Sequence[Measurement], csv_path: Path, gpu: str, dtype: 
     records = []
     for r in rows:
         rec = asdict(r)
-        rec["devices"] = " ".join(map(str, r.devices))
+        rec["devices"] = " ".join(str(d) for d in r.devices if d >= 0) or "cpu"
         rec.update(gpu_name=gpu, date=date, dtype=dtype)
         records.append({k: rec.get(k) for k in COLUMNS})
     with csv_path.open("w", newline="") as fh:
