@@ -21,8 +21,9 @@ from deepplan_backend.runtime.schedules import schedule_for
 
 @dataclass(frozen=True)
 class Measurement:
-    """Latencies in ms (medians; `cold_mean_ms` is the seed's "average"); `limit_ms` = bytes copied / aggregate
-    H2D bandwidth of the devices used.
+    """Latencies in ms: medians, with `cold_mean_ms` the seed's "average".
+
+    `limit_ms` is the bytes copied over the aggregate H2D bandwidth of the devices used.
     """
 
     model: str
