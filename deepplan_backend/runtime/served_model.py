@@ -27,13 +27,14 @@ import numpy as np
 import torch
 
 from .engine import ColdStartEngine
+from .path_policy import PathPolicy, PathPolicyError
 from .plan import ENGINES, Plan, PlanError
-from .plan_repository import load_plan, save_plan
+from .plan_repository import load_plan, plan_path, save_plan
 from .prepared import PreparedModel, gpu_name, prepare_shared
-from .residency import DEFAULT_RESERVE_BYTES, Residency
+from .residency import DEFAULT_RESERVE_BYTES, Residency, default_state_dir
 from .schedules import schedule_for
 from .transfer import resolve_devices
-from .zoo import IMAGE_SIZE, parse_dtype
+from .zoo import IMAGE_SIZE, ZOO, parse_dtype
 
 PLAN_DIR_ENV = "DEEPPLAN_PLAN_REPOSITORY"
 DEFAULT_PLAN_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deepplan" / "plans"
@@ -74,6 +75,7 @@ class ServeSettings:
     seed: int = 0
     plan_batch: int = 1
     extra: Mapping[str, str] = field(default_factory=dict)
+    path_policy: PathPolicy | None = None  # set when served from a model folder: paths stay inside its roots
 
     KNOWN = (
         "model",
@@ -91,15 +93,18 @@ class ServeSettings:
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, str], model_dir: Path | None = None) -> ServeSettings:
-        """Validate ``{name: string}`` (Triton's ``parameters``, already unwrapped from ``string_value``)."""
+        """Validate ``{name: string}`` (Triton's ``parameters``, already unwrapped from ``string_value``).
+
+        With `model_dir` (served by Triton), every path parameter is untrusted: a checkpoint folder (any `model`
+        that is not a zoo name) is relative to the model's folder, and it, `plan_repository` and `residency_dir`
+        must resolve inside the roots of `path_policy.PathPolicy.for_model` (ConfigError otherwise).
+        """
         unknown = sorted(set(params) - set(cls.KNOWN))
         if unknown:
             raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(cls.KNOWN)}")
         model = params.get("model", "").strip()
         if not model:
             raise ConfigError('parameter model is required: a zoo name (e.g. "bert-base") or a checkpoint folder')
-        if model_dir is not None and ("/" in model or model.startswith(".")):
-            model = str((model_dir / model).resolve()) if not os.path.isabs(model) else model
         engine = params.get("engine", "deepplan").strip()
         if engine not in ENGINES:
             raise ConfigError(f"parameter engine: {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -112,7 +117,10 @@ class ServeSettings:
         if not plan_repo.is_absolute():
             plan_repo = root / plan_repo
         budget_text = params.get("budget", "auto").strip() or "auto"
-        residency_dir = params.get("residency_dir", "").strip()
+        residency_dir: str | Path = params.get("residency_dir", "").strip()
+        policy = None
+        if model_dir is not None:
+            policy, model, plan_repo, residency_dir = _confine(model_dir, model, plan_repo, residency_dir)
         return cls(
             model=model,
             engine=engine,
@@ -125,7 +133,31 @@ class ServeSettings:
             residency_dir=Path(residency_dir) if residency_dir else None,
             seed=_positive_int(params, "seed", minimum=0) or 0,
             plan_batch=_positive_int(params, "plan_batch") or 1,
+            path_policy=policy,
         )
+
+
+def _confine(
+    model_dir: Path, model: str, plan_repo: Path, residency_dir: str | Path
+) -> tuple[PathPolicy, str, Path, str | Path]:
+    """The model's path policy and its path parameters resolved inside the roots (ConfigError if one is not)."""
+    try:
+        policy = PathPolicy.for_model(
+            model_dir, Path(os.environ.get(PLAN_DIR_ENV) or DEFAULT_PLAN_DIR), default_state_dir()
+        )
+        if model not in ZOO:
+            what = f"parameter model (not a zoo name: {', '.join(ZOO)}; so a checkpoint folder)"
+            checkpoint = policy.check(model, what, base=model_dir, must_exist=True)
+            policy.check_tree(checkpoint, "parameter model")
+            model = str(checkpoint)
+        plan_repo = policy.check(plan_repo, "parameter plan_repository", must_exist=False)
+        if residency_dir:
+            residency_dir = policy.check(
+                residency_dir, "parameter residency_dir", base=model_dir.parent, must_exist=False
+            )
+    except PathPolicyError as exc:
+        raise ConfigError(str(exc)) from None
+    return policy, model, plan_repo, residency_dir
 
 
 def _positive_int(params: Mapping[str, str], name: str, minimum: int = 1) -> int | None:
@@ -196,6 +228,14 @@ def plan_or_make(prepared: PreparedModel, settings: ServeSettings, devices: list
         return all(any(v.engine == "deepplan" and v.num_devices == n for v in plan.variants) for n in counts)
 
     lock_path = repo / f".lock-{abs(hash((key.model, key.batch_size, key.seq_len, key.dtype, key.gpu_name)))}"
+    if settings.path_policy is not None:  # a planted symlink or FIFO in the plan repository is refused, not opened
+        for path, what in ((plan_path(repo, key), "plan file"), (lock_path, "plan lock file")):
+            try:
+                settings.path_policy.check(path, what, must_exist=False)
+            except PathPolicyError as exc:
+                raise ConfigError(str(exc)) from None
+            if path.is_symlink() or (path.exists() and not path.is_file()):
+                raise ConfigError(f"{what} {path} is not a regular file; remove it (the plan is made again)")
     with open(lock_path, "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -291,6 +331,10 @@ class ServedModel:
                 raise RequestError(f"{name}: expected INT64, got {a.dtype}")
             if a.ndim != 2:
                 raise RequestError(f"{name}: expected shape [B, S], got {list(a.shape)}")
+            if a.shape[1] > m.max_seq_len:  # before any copy or conversion
+                raise RequestError(
+                    f"{name}: sequence of {a.shape[1]} tokens exceeds {m.name}'s maximum {m.max_seq_len}"
+                )
             out[name] = torch.from_numpy(np.ascontiguousarray(a))
         ids = out["input_ids"]
         seq = ids.shape[1]
