@@ -188,6 +188,40 @@ def test_planner_show_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFi
     assert "nope.plan" in capsys.readouterr().err
 
 
+def _exit_code(main, argv: list[str]) -> int:
+    """What `python3 -m ...` would exit with (argparse errors raise SystemExit)."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="planner/__main__.py and benchmark/__main__.py accept -b 0: the forward on an empty batch raises "
+    "RuntimeError (cannot reshape tensor of 0 elements) and the CLI dies with a traceback instead of exit 2",
+)
+@pytest.mark.parametrize("cli", ["planner", "benchmark"])
+def test_batch_size_zero_is_a_clean_error(cli: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = str(tmp_path / "r")
+    if cli == "planner":
+        rc = _exit_code(planner_main, ["-m", "tiny-bert", "-b", "0", "-p", repo, "-q", "--warmup", "0"])
+    else:
+        rc = _exit_code(benchmark_main, ["-m", "tiny-bert", "-e", "demand", "-b", "0", "-p", repo, "-n", "1"])
+    assert rc == 2
+    assert "batch" in capsys.readouterr().err.lower()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="planner/__main__.py accepts --repeats 0: profiler._median_runs returns [] and profile_model dies "
+    "with IndexError (traceback) instead of a clean usage error",
+)
+def test_planner_repeats_zero_is_a_clean_error(tmp_path: Path) -> None:
+    argv = ["-m", "tiny-bert", "--repeats", "0", "--warmup", "0", "-p", str(tmp_path / "r"), "-q"]
+    assert _exit_code(planner_main, argv) == 2
+
+
 # Cases that need the subprocesses.
 
 
