@@ -9,8 +9,10 @@ Steps (each prints progress; a failing step is recorded and the run goes on wher
    copies of the first model (``<model>-evict-<i>``). All target GPU 0 (``devices auto`` adds every peer GPU for
    PT; on a machine without GPU they run on the CPU) and declare one per-device ``budget`` that holds only a few
    of them, so requests force evictions. Plans are made by the backend at load, into ``<out>/plans``.
-2. ``tritonserver`` through `deepplan_backend.serve.TritonServer` (the code path of ``python3 -m deepplan_backend``);
-   the time to readiness is recorded.
+2. ``tritonserver`` through `deepplan_backend.serve.TritonServer` (the code path of ``python3 -m deepplan_backend``)
+   with the first model; the time to readiness is recorded. The other models are then loaded through the
+   model-control API (the listed ones one by one, the eviction instances together), so that each plan is made
+   by one process alone, with no other process profiling the same GPUs at the same time.
 3. Per model, through ``tritonclient.grpc``: the first request (cold), ``--warm`` warm requests, then ``--recold``
    cold starts forced by requests to the eviction instances (until the residency state shows the model evicted):
    client latency vs. the provisioning time the backend reports in its ``cold_start`` output; ratio client/engine.
@@ -31,10 +33,12 @@ not start (its error lines are printed).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import datetime
 import json
 import math
+import os
 import re
 import secrets
 import statistics
@@ -85,6 +89,7 @@ COLUMNS = (
     "budget_respected",
     "all_correct",
     "server_ready_s",
+    "all_models_loaded_s",
     "date",
 )
 READY_LINE = re.compile(
@@ -305,6 +310,18 @@ def build_repository(args: argparse.Namespace, lay: Layout) -> None:
         write_model(lay.repo, name, deepplan_config(name, args.models[0], args, lay))
 
 
+def allow_paths(lay: Layout) -> None:
+    """Let the server's models use this run's plan repository and residency folder.
+
+    The backend confines a model's path parameters to its model repository, the server's plan repository
+    (``$DEEPPLAN_PLAN_REPOSITORY``) and ``$DEEPPLAN_ALLOWED_ROOTS``; the server inherits this environment.
+    """
+    plans, state = str(lay.plans.resolve()), str(lay.residency.resolve())
+    os.environ["DEEPPLAN_PLAN_REPOSITORY"] = plans
+    roots = [r for r in os.environ.get("DEEPPLAN_ALLOWED_ROOTS", "").split(os.pathsep) if r]
+    os.environ["DEEPPLAN_ALLOWED_ROOTS"] = os.pathsep.join([plans, state, *roots])
+
+
 # ---- reference outputs -------------------------------------------------------------------------------------------
 
 
@@ -472,6 +489,9 @@ class Bench:
         self.evict_run: dict[str, Any] = {}
         self.evict_samples: list[Answer] = []
         self.ready_s: float | None = None
+        self.all_loaded_s: float | None = None
+        self.load_ms: dict[str, float] = {}
+        self._t_start = time.monotonic()
         self.client: Client | None = None
         self.server: serve.TritonServer | None = None
         self.cfg: serve.ServeConfig | None = None
@@ -493,7 +513,14 @@ class Bench:
     # -- start --
 
     def start(self) -> None:
-        """Start tritonserver, compute the references meanwhile, and wait until ready (or raise ServeError)."""
+        """Start tritonserver with the first model, compute the references meanwhile, wait until ready.
+
+        Only the first model loads at start: it plans alone (no other process profiles the GPUs meanwhile);
+        `load_rest` then loads the others through the model-control API, and they find their plans made.
+
+        Raises:
+            deepplan_backend.serve.ServeError: the server did not start (the message holds its error lines).
+        """
         from tests.triton_server import free_ports  # the same helper the tests use
 
         http, grpc, metrics = free_ports(3)
@@ -503,24 +530,48 @@ class Bench:
             http_port=http,
             grpc_port=grpc,
             metrics_port=metrics,
+            load_models=(self.first,),
             cache_dir=self.lay.tmp / "cache",
             ready_timeout_s=self.args.ready_timeout,
             grace_s=30.0,
         )
+        allow_paths(self.lay)
         self.server = serve.TritonServer(self.cfg, log_sink=self.log)
         refs_error: list[BaseException] = []
         worker = threading.Thread(target=self._references, args=(refs_error,), daemon=True)
-        t0 = time.monotonic()
+        self._t_start = time.monotonic()
         self.server.start()
-        say(f"tritonserver started (pid {self.server.pid}); loading {len(self.stats)} models")
+        say(f"tritonserver started (pid {self.server.pid}), loading {self.first} (it plans at load if needed)")
         worker.start()
         self.server.wait_ready(progress=say, every_s=15.0)
-        self.ready_s = time.monotonic() - t0
+        self.ready_s = time.monotonic() - self._t_start
         say(f"server ready after {self.ready_s:.1f} s")
         worker.join()
         if refs_error:
             raise refs_error[0]
         self.client = Client(self.cfg.url("gRPC"), self.cfg.admin_token, self.refs)
+
+    def load_rest(self) -> None:
+        """The other listed models one by one (each may plan), then the eviction instances all at once."""
+        assert self.client is not None and self.cfg is not None
+        for model in self.args.models[1:]:
+            t0 = time.perf_counter()
+            self.client.client.load_model(model, headers=self.client.headers, client_timeout=900)
+            self.load_ms[model] = (time.perf_counter() - t0) * 1e3
+            say(f"{model} loaded through the model-control API in {self.load_ms[model]:.0f} ms")
+        url, headers = self.cfg.url("gRPC"), self.client.headers
+
+        def load(name: str) -> tuple[str, float]:
+            client = _grpc_module().InferenceServerClient(url)  # one client per thread
+            t0 = time.perf_counter()
+            client.load_model(name, headers=headers, client_timeout=900)
+            return name, (time.perf_counter() - t0) * 1e3
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(self.evicts)) as pool:
+            for name, ms in pool.map(load, self.evicts):
+                self.load_ms[name] = ms
+        self.all_loaded_s = time.monotonic() - self._t_start
+        say(f"{len(self.evicts)} eviction instances loaded; all models ready {self.all_loaded_s:.1f} s after start")
 
     def _references(self, errors: list[BaseException]) -> None:
         try:
@@ -589,7 +640,8 @@ class Bench:
                 f"{name}: cold start {i + 1}/{self.args.recold} after {touched} other request(s): client "
                 f"{a.client_ms:.2f} ms, engine {a.engine_ms:.2f} ms (cold={a.cold}, correct={a.correct})"
             )
-        say(f"{name}: warm p50 {_ms(st.warm)} ms, p99 {_ms(st.warm, 99)} ms over {len(st.warm)} requests")
+        p50, p99 = _ms(st.warm), _ms(st.warm, 99)
+        say(f"{name}: warm p50 {p50 or math.nan:.2f} ms, p99 {p99 or math.nan:.2f} ms over {len(st.warm)} requests")
 
     def eviction_run(self) -> None:
         """Round-robin passes over the eviction instances under the budget (step 4)."""
@@ -668,11 +720,12 @@ class Bench:
 
     def run(self) -> None:
         """Steps 3 to 6 (the server is up)."""
+        self.step("load the other models", self.load_rest)
         for model in self.args.models:
             self.step(f"cold/warm latency of {model}", lambda m=model: self.measure_model(m))
         self.step("eviction run", self.eviction_run)
         if not self.args.skip_load_compare:
-            for model in self.args.models:
+            for model in self.args.models[: 1 if self.args.quick else None]:
                 self.step(f"model-control API loads of {model}", lambda m=model: self.load_compare(m))
 
     def stop(self) -> None:
@@ -734,6 +787,7 @@ class Bench:
             "budget_respected": ev.get("budget_respected"),
             "all_correct": all(s.wrong == 0 for s in group) and sum(s.answers for s in group) > 0,
             "server_ready_s": self.ready_s,
+            "all_models_loaded_s": self.all_loaded_s,
             "date": date,
         }
 
@@ -748,6 +802,8 @@ class Bench:
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
             "budget_bytes": self.lay.budget,
             "server_ready_s": self.ready_s,
+            "all_models_loaded_s": self.all_loaded_s,
+            "startup_load_ms": self.load_ms,
             "rows": self.rows(gpu, date),
             "eviction_run": self.evict_run,
             "served_on": self.log.ready,
@@ -800,7 +856,8 @@ def print_table(doc: dict[str, Any]) -> None:
 
     print(
         f"\nTriton cold starts on {doc['gpu_name']} x{doc['num_gpus']} "
-        f"(server ready in {f(doc['server_ready_s'], '.1f')} s, budget {doc['budget_bytes'] / 2**20:.1f} MiB per device)"
+        f"(server ready in {f(doc['server_ready_s'], '.1f')} s, "
+        f"budget {doc['budget_bytes'] / 2**20:.1f} MiB per device)"
     )
     head = (
         "model",
