@@ -19,7 +19,7 @@ from deepplan_backend.runtime.plan_repository import PlanNotFound, load_plan, sa
 from deepplan_backend.runtime.prepared import PreparedModel, gpu_name, prepare
 from deepplan_backend.runtime.transfer import DeviceError, resolve_devices
 from deepplan_backend.runtime.zoo import PAPER_MODELS, ModelSourceError, parse_dtype
-from planner.__main__ import default_plan_repo, device_counts_for
+from planner.__main__ import default_plan_repo, device_counts_for, non_negative_int, positive_int
 from planner.planning import make_plan
 from planner.profiler import measure_links, profile_model
 
@@ -34,11 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-e", "--engine", default="deepplan", choices=ENGINES)
     p.add_argument("-d", "--devices", type=int, nargs="+", default=None, help="GPU ids, target first (default: 0)")
     p.add_argument("-p", "--plan-repo", type=Path, default=None, help="default: $PLAN_REPO or ./plans")
-    p.add_argument("-b", "--batch-size", type=int, default=1)
-    p.add_argument("-s", "--seq-len", type=int, default=None)
+    p.add_argument("-b", "--batch-size", type=positive_int, default=1)
+    p.add_argument("-s", "--seq-len", type=positive_int, default=None)
     p.add_argument("--dtype", default="float32")
-    p.add_argument("-n", "--repeats", type=int, default=10, help="cold starts measured (after warm-up)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("-n", "--repeats", type=positive_int, default=10, help="cold starts measured (after warm-up)")
+    p.add_argument("--warmup", type=non_negative_int, default=3)
     p.add_argument("--table", action="store_true", help="run every model x --configs and write CSV/JSON")
     p.add_argument("--configs", nargs="+", default=None, help="ENGINE:DEVICES items, e.g. demand:0 deepplan:0,1")
     p.add_argument("-o", "--output", type=Path, default=Path("results/benchmark.csv"), help="table CSV path")
@@ -91,7 +91,9 @@ def run_table(args: argparse.Namespace, repo: Path) -> int:
     models = list(PAPER_MODELS) if args.all else (args.model or ["resnet50"])
     for name in models:
         prepared = prepare(name, dtype=parse_dtype(args.dtype))
-        plan = obtain_plan(prepared, args, repo, all_devices)
+        plan = None
+        if args.make_plans or any(engine == "deepplan" for engine, _ in configs):
+            plan = obtain_plan(prepared, args, repo, all_devices)
         runs = [Run(engine, tuple(resolve_devices(list(ids))), links[ids]) for engine, ids in configs]
         results = measure_interleaved(prepared, runs, plan, args.batch_size, args.seq_len, args.repeats, args.warmup)
         for result in results:

@@ -24,6 +24,22 @@ from .planning import make_plan
 from .profiler import profile_model
 
 
+def positive_int(text: str) -> int:
+    """Parse an integer >= 1 (batch sizes, lengths, repeat counts)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """Parse an integer >= 0 (warm-up counts)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def default_plan_repo() -> Path:
     """`PLAN_REPO` if set (the seed's variable), else `./plans`."""
     return Path(os.environ.get("PLAN_REPO", "plans"))
@@ -47,16 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-p", "--plan-repo", type=Path, default=None, help="plan repository (default: $PLAN_REPO or ./plans)"
     )
-    p.add_argument("-b", "--batch-size", type=int, default=1)
+    p.add_argument("-b", "--batch-size", type=positive_int, default=1)
     p.add_argument(
-        "-s", "--seq-len", type=int, default=None, help="default: the model's (384 BERT/RoBERTa, 1024 GPT-2)"
+        "-s", "--seq-len", type=positive_int, default=None, help="default: the model's (384 BERT/RoBERTa, 1024 GPT-2)"
     )
     p.add_argument("--dtype", default="float32", help="float32 (default), float16, bfloat16")
     p.add_argument(
         "-d", "--devices", type=int, nargs="+", default=None, help="GPU ids; first is the target (default: all)"
     )
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=non_negative_int, default=3)
+    p.add_argument("--repeats", type=positive_int, default=10)
     p.add_argument("--show", type=Path, default=None, metavar="PLAN_FILE", help="print a plan file and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
@@ -97,7 +113,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not models:
         _parser().error("give -m MODEL (repeatable) or --all")
     repo = args.plan_repo or default_plan_repo()
-    repo.mkdir(parents=True, exist_ok=True)
     for name in models:
         try:
             plan_one(name, args, repo)

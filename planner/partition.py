@@ -80,6 +80,10 @@ def weighted_cuts(nbytes: Sequence[int], shares: Sequence[float]) -> list[int]:
             offset += nbytes[pos]
             pos += 1
         cuts.append(pos)
+    if cuts and nbytes and cuts[0] == 0:
+        # The target always takes the first layer: it is needed first, and a peer's copy of it would add the
+        # NVLink hop to the very start of the pipeline.
+        cuts = [max(1, c) for c in cuts]
     return cuts
 
 

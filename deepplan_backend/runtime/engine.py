@@ -156,7 +156,8 @@ class ColdStartEngine:
         layout.arena.map()
         self._resident = layout
         try:
-            tokens = self.copier.issue(layout.jobs)
+            with torch.inference_mode():  # arena views made inside a request are inference tensors
+                tokens = self.copier.issue(layout.jobs)
             _apply(layout.binding)
         except BaseException:
             self.evict()

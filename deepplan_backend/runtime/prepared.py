@@ -37,7 +37,7 @@ class PreparedModel:
 
     def plan_key(self, batch_size: int, seq_len: int | None, gpu_name: str) -> PlanKey:
         """The plan repository key for serving this model in the given shape on the given GPU."""
-        seq = 1 if self.model.family == "resnet" else (seq_len or self.model.default_seq_len)
+        seq = 1 if self.model.family == "resnet" else (self.model.default_seq_len if seq_len is None else seq_len)
         return PlanKey(self.model.name, batch_size, seq, self.model.dtype, gpu_name)
 
 

@@ -166,7 +166,9 @@ class ZooModel:
         if self.family == "resnet":
             pixels = torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen)
             return {"pixel_values": pixels.to(DTYPES[self.dtype])}
-        seq = seq_len or self.default_seq_len
+        seq = self.default_seq_len if seq_len is None else seq_len
+        if batch_size < 1 or seq < 1:
+            raise ModelSourceError(f"{self.name}: batch size and sequence length must be >= 1, got {batch_size}, {seq}")
         if seq > self.max_seq_len:
             raise ModelSourceError(f"{self.name}: sequence length {seq} exceeds the model's maximum {self.max_seq_len}")
         ids = torch.randint(0, self.vocab_size, (batch_size, seq), generator=gen)
@@ -218,8 +220,9 @@ def load_model(name_or_path: str, dtype: str = "float32", seed: int = 0) -> ZooM
     dtype = parse_dtype(dtype)
     spec = ZOO.get(name_or_path)
     if spec is not None:
-        torch.manual_seed(seed)
-        inner = _build_from_config(spec)
+        with torch.random.fork_rng(devices=[]):  # seed the weights without disturbing the caller's generator
+            torch.manual_seed(seed)
+            inner = _build_from_config(spec)
         family, default_seq, source = spec.family, spec.default_seq_len, f"zoo:{spec.name}"
         name = spec.name
     else:

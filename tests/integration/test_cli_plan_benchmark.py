@@ -143,11 +143,6 @@ def test_table_mode_writes_csv_and_json(dirs, capsys: pytest.CaptureFixture[str]
         assert float(row["cold_ms"]) == pytest.approx(record["cold_ms"], abs=1e-4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="benchmark/__main__.py run_table calls obtain_plan for every model even when no config is deepplan "
-    "and --make-plans is off, so `--table --configs demand pipeline` fails with PlanNotFound",
-)
 def test_table_mode_without_deepplan_needs_no_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "t.csv"
     argv = ["--table", "-m", "tiny-bert", "--configs", "demand", "pipeline", "-p", str(tmp_path / "empty")]
@@ -196,11 +191,6 @@ def _exit_code(main, argv: list[str]) -> int:
         return int(exc.code or 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planner/__main__.py and benchmark/__main__.py accept -b 0: the forward on an empty batch raises "
-    "RuntimeError (cannot reshape tensor of 0 elements) and the CLI dies with a traceback instead of exit 2",
-)
 @pytest.mark.parametrize("cli", ["planner", "benchmark"])
 def test_batch_size_zero_is_a_clean_error(cli: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     repo = str(tmp_path / "r")
@@ -212,11 +202,6 @@ def test_batch_size_zero_is_a_clean_error(cli: str, tmp_path: Path, capsys: pyte
     assert "batch" in capsys.readouterr().err.lower()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planner/__main__.py accepts --repeats 0: profiler._median_runs returns [] and profile_model dies "
-    "with IndexError (traceback) instead of a clean usage error",
-)
 def test_planner_repeats_zero_is_a_clean_error(tmp_path: Path) -> None:
     argv = ["-m", "tiny-bert", "--repeats", "0", "--warmup", "0", "-p", str(tmp_path / "r"), "-q"]
     assert _exit_code(planner_main, argv) == 2

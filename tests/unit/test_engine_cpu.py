@@ -262,13 +262,6 @@ def test_provision_makes_the_next_request_warm() -> None:
     assert not engine.is_resident
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine.py provision(): a layout first built inside infer() (under torch.inference_mode) holds "
-    "inference-tensor arena views, and CpuCopyEngine.issue then copies into them outside inference mode "
-    "-> RuntimeError 'Inplace update to inference tensor outside InferenceMode' (CPU engines only; CUDA copies "
-    "go through raw pointers)",
-)
 def test_provision_after_a_cold_start_with_the_same_schedule() -> None:
     prepared = prepare("tiny-bert")
     inputs = prepared.model.example_inputs(1)

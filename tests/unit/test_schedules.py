@@ -145,12 +145,6 @@ def test_even_split_with_more_devices_than_layers_stays_valid() -> None:
     assert list(schedule.sources) == sorted(schedule.sources)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schedules.even_split (via planner.partition.weighted_cuts' midpoint rule): when the first layer is "
-    "more than twice one device's share (GPT-2's wte over 8 GPUs, tiny-gpt2 over 8), the target gets no layer "
-    "and the first-needed layer goes through a peer and NVLink; the docstring promises the target the first run",
-)
 def test_even_split_gives_the_target_the_first_layer_even_when_it_is_large() -> None:
     schedule = even_split([600, 100, 100, 100, 100], 4)
     assert schedule.sources[0] == 0
