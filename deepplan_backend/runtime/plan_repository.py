@@ -345,7 +345,7 @@ def read_plan(path: str | os.PathLike[str]) -> Plan:
             size = os.fstat(f.fileno()).st_size
             if size > MAX_PLAN_BYTES:
                 raise CorruptPlan(f"{path}: {size} bytes is larger than the {MAX_PLAN_BYTES}-byte limit")
-            data = f.read(MAX_PLAN_BYTES + 1)  # the file may grow after fstat; never read more than the cap
+            data = f.read(size + 1)  # bounded by the size checked above, even if the file grows meanwhile
     except FileNotFoundError as exc:
         raise PlanNotFound(f"{path}: no such plan file") from exc
     except OSError as exc:

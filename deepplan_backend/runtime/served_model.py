@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import os
 import re
 import threading
@@ -227,7 +228,9 @@ def plan_or_make(prepared: PreparedModel, settings: ServeSettings, devices: list
     def usable(plan: Plan) -> bool:
         return all(any(v.engine == "deepplan" and v.num_devices == n for v in plan.variants) for n in counts)
 
-    lock_path = repo / f".lock-{abs(hash((key.model, key.batch_size, key.seq_len, key.dtype, key.gpu_name)))}"
+    # A stable digest (not hash(), which is salted per process): every stub must take the same lock.
+    digest = hashlib.sha256(repr((key.model, key.batch_size, key.seq_len, key.dtype, key.gpu_name)).encode())
+    lock_path = repo / f".lock-{digest.hexdigest()[:16]}"
     if settings.path_policy is not None:  # a planted symlink or FIFO in the plan repository is refused, not opened
         for path, what in ((plan_path(repo, key), "plan file"), (lock_path, "plan lock file")):
             try:

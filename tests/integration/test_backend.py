@@ -44,8 +44,11 @@ def server(tmp_path_factory):
     write_model(
         repo, "tiny-resnet", config_pbtxt("tiny-resnet", "tiny-resnet", parameters={**common, "engine": "demand"})
     )
-    with running_triton(repo, ready_timeout_s=120) as srv:
-        yield Served(srv, state, plans)
+    # The plan and residency folders live beside the repository: allow them explicitly (path policy).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DEEPPLAN_ALLOWED_ROOTS", f"{plans}:{state}")
+        with running_triton(repo, ready_timeout_s=120) as srv:
+            yield Served(srv, state, plans)
 
 
 class Served:
