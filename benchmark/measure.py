@@ -51,6 +51,7 @@ class Run:
     engine: str
     devices: tuple[torch.device, ...]
     links: LinkProfile
+    graphs: bool = False
 
 
 def measure_interleaved(
@@ -71,7 +72,7 @@ def measure_interleaved(
     engines, schedules = [], []
     for run in runs:
         schedules.append(schedule_for(run.engine, len(run.devices), prepared.table.nbytes, plan))
-        engines.append(ColdStartEngine(prepared.model, prepared.store, list(run.devices)))
+        engines.append(ColdStartEngine(prepared.model, prepared.store, list(run.devices), graphs=run.graphs))
     cold: list[list[float]] = [[] for _ in runs]
     warm: list[list[float]] = [[] for _ in runs]
     copied = [0] * len(runs)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .arena import Arena, make_arena
+from .graphs import CapturedForward, Signature, capture_forward, signature
 from .host_store import HostStore
 from .layers import LayerTable
 from .plan import DHA, LoadSchedule
@@ -62,6 +63,8 @@ class _Layout:
     hooks: list[tuple[str, list[int]]]  # (module name, chunks it waits for), first use in execution order
     copied_bytes: int
     jobs: list[CopyJob] = field(default_factory=list)
+    events: list[torch.cuda.Event] | None = None  # one per chunk, re-recorded each cold start (graph mode)
+    captured: dict[Signature, CapturedForward | None] = field(default_factory=dict)
     demand_jobs: list[CopyJob] = field(default_factory=list)  # On-Demand: the same bytes in as few copies as possible
 
 
@@ -100,7 +103,10 @@ class ColdStartEngine:
     Not thread-safe: callers serialize requests per engine (the served model does).
     """
 
-    def __init__(self, model: ZooModel, store: HostStore, devices: Sequence[torch.device]) -> None:
+    def __init__(
+        self, model: ZooModel, store: HostStore, devices: Sequence[torch.device], graphs: bool = False
+    ) -> None:
+        """`graphs=True` replays captured CUDA graphs for the cold and warm forward (ignored on CPU)."""
         if not devices:
             raise DeviceError("an engine needs at least a target device")
         self.model = model
@@ -114,6 +120,8 @@ class ColdStartEngine:
         self._host_binding = _assignments(self._modules, table, host_views)
         self._layouts: dict[LoadSchedule, _Layout] = {}
         self._resident: _Layout | None = None
+        self.graphs = graphs and self.device.type == "cuda"
+        self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
 
     @property
     def is_resident(self) -> bool:
@@ -138,7 +146,7 @@ class ColdStartEngine:
                 layout = self._layout(schedule)
                 output = self._cold_forward(device_inputs, layout, overlap)
             else:
-                output = self.model.module(**device_inputs)
+                output = self._warm_forward(device_inputs)
             result = output.float().cpu()
         copied = layout.copied_bytes if cold else 0
         return InferenceResult(result, cold, (time.perf_counter() - start) * 1e3, copied)
@@ -254,6 +262,9 @@ class ColdStartEngine:
         layout.demand_jobs = (
             [CopyJob(0, store.buffer[:cursor], arena.tensor[:cursor])] if whole and cursor else layout.jobs
         )
+        if self.graphs:
+            with torch.cuda.device(self.device):
+                layout.events = [torch.cuda.Event(external=True) for _ in chunks]
         return layout
 
     def _chunks(self, schedule: LoadSchedule, offsets: dict[int, int]) -> tuple[list[_Chunk], dict[int, int]]:
@@ -316,11 +327,18 @@ class ColdStartEngine:
         layout.arena.map()
         self._resident = layout  # from here on, a failure must evict to unmap and unbind
         try:
-            tokens = self.copier.issue(layout.jobs if overlap else layout.demand_jobs)
+            if overlap:
+                tokens = self.copier.issue(layout.jobs, layout.events)
+            else:
+                tokens = self.copier.issue(layout.demand_jobs)
             _apply(layout.binding)
+            captured = layout.captured.get(signature(inputs)) if self.graphs else None
             if not overlap:
                 for token in tokens:
                     self.copier.wait(token)
+            if captured is not None:
+                output = captured.run(inputs)  # its wait nodes wait for the events just recorded
+            elif not overlap:
                 output = self.model.module(**inputs)
             else:
                 output = self._pipelined_forward(inputs, layout, tokens)
@@ -330,6 +348,19 @@ class ColdStartEngine:
             self.evict()
             raise
         return output
+
+    def _warm_forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Resident forward: a captured graph when graphs are on (captured on first use per shape), else eager."""
+        layout = self._resident
+        if not self.graphs or layout is None or layout.events is None:
+            return self.model.module(**inputs)
+        sig = signature(inputs)
+        if sig not in layout.captured:
+            waits = [(self._modules[name], [layout.events[c] for c in ids]) for name, ids in layout.hooks]
+            up_front = [layout.events[c] for c in layout.up_front]
+            layout.captured[sig] = capture_forward(self.model.module, inputs, up_front, waits, self._pool)
+        captured = layout.captured[sig]
+        return captured.run(inputs) if captured is not None else self.model.module(**inputs)
 
     def _pipelined_forward(
         self, inputs: dict[str, torch.Tensor], layout: _Layout, tokens: list[object]

@@ -40,8 +40,12 @@ class CopyEngine(Protocol):
     device: torch.device
     num_slots: int
 
-    def issue(self, jobs: Sequence[CopyJob]) -> list[object]:
-        """Start every job, in order per slot; return one readiness token per job."""
+    def issue(self, jobs: Sequence[CopyJob], events: Sequence[object] | None = None) -> list[object]:
+        """Start every job, in order per slot; return one readiness token per job.
+
+        With `events` (one per job), each job's completion is recorded into the given event, which then is
+        the token: a captured CUDA graph waits on those same event objects.
+        """
 
     def wait(self, token: object) -> None:
         """Make the compute stream wait until the job behind `token` has landed."""
@@ -57,8 +61,8 @@ class CpuCopyEngine:
         self.device = device
         self.num_slots = num_slots
 
-    def issue(self, jobs: Sequence[CopyJob]) -> list[object]:
-        """Copy every job now (slot order is irrelevant without concurrency)."""
+    def issue(self, jobs: Sequence[CopyJob], events: Sequence[object] | None = None) -> list[object]:
+        """Copy every job now (slot order is irrelevant without concurrency); there is nothing to record."""
         for job in jobs:
             _check_slot(job.slot, self.num_slots)
             job.dst.copy_(job.src)
@@ -131,6 +135,7 @@ class CudaCopyEngine:
         self.copy_stream = torch.cuda.Stream(device)
         self._copy_handle = self._cu.CUstream(self.copy_stream.cuda_stream)
         self._lanes: list[_PeerLane] | None = None
+        self._events: Sequence[object] | None = None
 
     def _peer_lanes(self) -> list[_PeerLane]:
         if self._lanes is None:
@@ -147,16 +152,17 @@ class CudaCopyEngine:
         if err != self._cu.CUresult.CUDA_SUCCESS:
             raise DeviceError(f"cuMemcpyAsync of {nbytes} bytes failed: {err}")
 
-    def issue(self, jobs: Sequence[CopyJob]) -> list[object]:
+    def issue(self, jobs: Sequence[CopyJob], events: Sequence[object] | None = None) -> list[object]:
         """Start target copies first (they are needed first), then each peer's share in layer order."""
         tokens: list[object] = [None] * len(jobs)
+        self._events = events
         # Whatever the compute stream did before (e.g. the previous request) must not race with new bytes.
         self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
         for k, job in enumerate(jobs):
             _check_slot(job.slot, self.num_slots)
             if job.slot == 0:
                 self._memcpy(job.dst.data_ptr(), job.src.data_ptr(), job.src.numel(), self._copy_handle)
-                tokens[k] = _record(self.copy_stream)
+                tokens[k] = self._mark(k, self.copy_stream)
         if self.num_slots > 1 and any(job.slot for job in jobs):
             self._issue_peers(jobs, tokens)
         return tokens
@@ -168,7 +174,8 @@ class CudaCopyEngine:
                 lane.pull.wait_stream(compute)  # the target's previous use of these bytes is over
                 for k, job in enumerate(jobs):
                     if job.slot == s + 1:
-                        tokens[k] = self._forward_through(lane, job)
+                        last = self._forward_through(lane, job)
+                        tokens[k] = last if self._events is None else self._mark(k, lane.pull)
 
     def _forward_through(self, lane: _PeerLane, job: CopyJob) -> object:
         """Copy one job over the peer's link in ring-slot-sized pieces; returns the last piece's event."""
@@ -188,6 +195,14 @@ class CudaCopyEngine:
             done = _record(lane.pull)
             lane.slot_free[slot] = done  # type: ignore[assignment]
         return done
+
+    def _mark(self, k: int, stream: torch.cuda.Stream) -> object:
+        """Record job k's completion on `stream`: into the caller's event if given, else a new one."""
+        if self._events is None:
+            return _record(stream)
+        event = self._events[k]
+        event.record(stream)  # type: ignore[attr-defined]
+        return event
 
     def wait(self, token: object) -> None:
         """Compute stream waits on the job's event (events from peer devices are fine for CUDA)."""

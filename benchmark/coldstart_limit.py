@@ -1,0 +1,119 @@
+"""Cold start against the hardware limit (issue "remove the CPU from the cold path").
+
+    python3 -m benchmark.coldstart_limit --all --dtypes float32 float16 -p plans -o results/coldstart_limit.csv
+
+For each model and dtype, in one run on one machine: On-Demand and PipeSwitch (eager, the baselines), and
+DeepPlan (DHA+PT) with the cold and warm forward replayed as CUDA graphs, on each device set given (the best
+is reported). The limit is max(GPU time of the forward with resident weights — the warm graph replay —,
+bytes the best plan copies ÷ the aggregate H2D bandwidth of its devices, measured in this run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from deepplan_backend.runtime.prepared import gpu_name, prepare
+from deepplan_backend.runtime.transfer import resolve_devices
+from deepplan_backend.runtime.zoo import PAPER_MODELS, parse_dtype
+from planner.__main__ import default_plan_repo, positive_int
+from planner.profiler import measure_links
+
+from .__main__ import obtain_plan
+from .measure import Run, measure_interleaved
+
+COLUMNS = (
+    "model",
+    "dtype",
+    "devices",
+    "cold_ms",
+    "warm_ms",
+    "limit_ms",
+    "demand_ms",
+    "pipeline_ms",
+    "vs_pipeline",
+    "vs_demand",
+    "cold_over_limit",
+    "gpu_name",
+    "date",
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m benchmark.coldstart_limit", description=__doc__)
+    p.add_argument("-m", "--model", action="append", default=[])
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--dtypes", nargs="+", default=["float32"])
+    p.add_argument("--device-sets", nargs="+", default=["0", "0,1", "0,1,2,3"], help="comma-separated GPU ids")
+    p.add_argument("-p", "--plan-repo", type=Path, default=None)
+    p.add_argument("-n", "--repeats", type=positive_int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("-o", "--output", type=Path, default=Path("results/coldstart_limit.csv"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the comparison and write CSV + JSON."""
+    args = _parser().parse_args(argv)
+    args.batch_size, args.seq_len, args.make_plans = 1, None, True
+    repo = args.plan_repo or default_plan_repo()
+    sets = [tuple(int(d) for d in s.split(",")) for s in args.device_sets]
+    all_devices = resolve_devices(sorted({d for s in sets for d in s}))
+    target = (sets[0][0],)  # the baselines run on the first set's target alone
+    links = {s: measure_links(resolve_devices(list(s))) for s in {*sets, target}}
+    rows = []
+    for dtype in args.dtypes:
+        for name in list(PAPER_MODELS) if args.all else args.model:
+            prepared = prepare(name, dtype=parse_dtype(dtype))
+            plan = obtain_plan(prepared, args, repo, all_devices)
+            one = tuple(resolve_devices(list(target)))
+            runs = [Run("demand", one, links[target]), Run("pipeline", one, links[target])]
+            runs += [Run("deepplan", tuple(resolve_devices(list(s))), links[s], graphs=True) for s in sets]
+            res = measure_interleaved(prepared, runs, plan, 1, None, args.repeats, args.warmup)
+            demand, pipeline, deep = res[0], res[1], res[2:]
+            best = min(deep, key=lambda r: r.cold_ms)
+            gpu_exec = min(r.warm_ms for r in deep)  # graph replay with resident weights, host round trip included
+            limit = max(gpu_exec, best.limit_ms)
+            row = {
+                "model": name,
+                "dtype": dtype,
+                "devices": " ".join(map(str, best.devices)),
+                "cold_ms": best.cold_ms,
+                "warm_ms": best.warm_ms,
+                "limit_ms": limit,
+                "demand_ms": demand.cold_ms,
+                "pipeline_ms": pipeline.cold_ms,
+                "vs_pipeline": pipeline.cold_ms / best.cold_ms,
+                "vs_demand": demand.cold_ms / best.cold_ms,
+                "cold_over_limit": best.cold_ms / limit,
+                "gpu_name": gpu_name(all_devices[0]),
+                "date": dt.date.today().isoformat(),
+            }
+            rows.append(row)
+            print(
+                f"{name:14s} {dtype:8s} d={row['devices']:8s} cold {best.cold_ms:7.3f} warm {best.warm_ms:7.3f} "
+                f"limit {limit:7.3f} ({row['cold_over_limit']:.2f}x) | demand {demand.cold_ms:7.3f} "
+                f"pipeline {pipeline.cold_ms:7.3f} -> {row['vs_pipeline']:.2f}x vs pipeline",
+                flush=True,
+            )
+            _write(rows, args.output)
+    return 0
+
+
+def _write(rows: list[dict[str, object]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""CUDA-graph replay of a model's forward, *including* the per-chunk waits of a cold start.
+
+Eager PyTorch spends far more host time launching a small-batch forward than the GPU spends running it, so
+once DHA and PT shrink the copies the host bounds the cold start. A graph launches the whole forward at once.
+Because arena and DHA addresses survive eviction (see `arena.py`), one capture serves every later cold and
+warm request of the same input shape: the graph's event-wait nodes wait for the chunk events that the copy
+engine re-records on each cold start (events created with `external=True`), and are no-ops when warm.
+
+Capture needs the model resident. It happens on the first warm request of each input shape; a forward that
+cannot be captured (host synchronisation inside the model) is remembered and stays eager.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+Signature = tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
+
+
+def signature(inputs: dict[str, torch.Tensor]) -> Signature:
+    """What a captured graph is specialised on: input names, shapes and dtypes."""
+    return tuple((name, tuple(t.shape), t.dtype) for name, t in sorted(inputs.items()))
+
+
+@dataclass
+class CapturedForward:
+    """A captured forward: static input buffers, the graph, and the buffer its output lands in."""
+
+    graph: torch.cuda.CUDAGraph
+    inputs: dict[str, torch.Tensor]
+    output: torch.Tensor
+
+    def run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Copy `inputs` into the static buffers and replay; the result aliases the static output."""
+        for name, tensor in inputs.items():
+            self.inputs[name].copy_(tensor, non_blocking=True)
+        self.graph.replay()
+        return self.output
+
+
+def capture_forward(
+    module: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    up_front: Sequence[torch.cuda.Event],
+    waits: Sequence[tuple[nn.Module, Sequence[torch.cuda.Event]]],
+    pool: object,
+) -> CapturedForward | None:
+    """Capture `module(**inputs)` with event waits before the given modules; None if it cannot be captured."""
+    static = {name: t.clone() for name, t in inputs.items()}
+    device = next(iter(static.values())).device
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):  # warm-up on a side stream, as capture requires (lazy inits, autotuning)
+        module(**static)
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    handles = []
+    for target, events in waits:
+
+        def hook(_m: nn.Module, _a: object, events: Sequence[torch.cuda.Event] = events) -> None:
+            stream = torch.cuda.current_stream()
+            for event in events:
+                stream.wait_event(event)
+
+        handles.append(target.register_forward_pre_hook(hook))
+    try:
+        with torch.cuda.graph(graph, pool=pool):
+            stream = torch.cuda.current_stream()
+            for event in up_front:
+                stream.wait_event(event)
+            output = module(**static)
+    except RuntimeError as exc:  # e.g. a .item() inside the model: not capturable, stay eager
+        log.warning("forward could not be captured as a CUDA graph, staying eager: %s", exc)
+        torch.cuda.synchronize(device)
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+    return CapturedForward(graph, static, output)
