@@ -11,9 +11,7 @@ bytes the best plan copies ÷ the aggregate H2D bandwidth of its devices, measur
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +24,7 @@ from planner.profiler import measure_links
 
 from .__main__ import obtain_plan
 from .measure import Run, measure_interleaved
+from .table import write_records
 
 COLUMNS = (
     "model",
@@ -101,18 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"pipeline {pipeline.cold_ms:7.3f} -> {row['vs_pipeline']:.2f}x vs pipeline",
                 flush=True,
             )
-            _write(rows, args.output)
+            write_records(rows, COLUMNS, args.output)
     return 0
-
-
-def _write(rows: list[dict[str, object]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-    path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

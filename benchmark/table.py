@@ -56,9 +56,19 @@ def default_configs() -> list[tuple[str, tuple[int, ...]]]:
     return configs
 
 
-def write_results(rows: Sequence[Measurement], csv_path: Path, gpu: str, dtype: str) -> None:
-    """Write all rows so far as CSV and as JSON beside it (rewritten after each row: a crash loses little)."""
+def write_records(records: Sequence[dict[str, object]], columns: Sequence[str], csv_path: Path) -> None:
+    """Write records as CSV (floats to 4 decimals) and as JSON beside it; rewritten whole, so call it per row."""
     csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns))
+        writer.writeheader()
+        for rec in records:
+            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in rec.items()})
+    csv_path.with_suffix(".json").write_text(json.dumps(list(records), indent=1))
+
+
+def write_results(rows: Sequence[Measurement], csv_path: Path, gpu: str, dtype: str) -> None:
+    """Write all measurements so far (rewritten after each model: a crash loses little)."""
     date = dt.date.today().isoformat()
     records = []
     for r in rows:
@@ -66,9 +76,4 @@ def write_results(rows: Sequence[Measurement], csv_path: Path, gpu: str, dtype: 
         rec["devices"] = " ".join(str(d) for d in r.devices if d >= 0) or "cpu"
         rec.update(gpu_name=gpu, date=date, dtype=dtype)
         records.append({k: rec.get(k) for k in COLUMNS})
-    with csv_path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        for rec in records:
-            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in rec.items()})
-    csv_path.with_suffix(".json").write_text(json.dumps(records, indent=1))
+    write_records(records, COLUMNS, csv_path)
