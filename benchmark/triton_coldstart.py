@@ -41,6 +41,7 @@ import math
 import os
 import re
 import secrets
+import socket
 import statistics
 import sys
 import tempfile
@@ -67,6 +68,7 @@ COLUMNS = (
     "engine",
     "devices",
     "pt",
+    "pt_peer_layers",
     "gpu_name",
     "client_cold_ms",
     "engine_cold_ms",
@@ -421,7 +423,7 @@ class Client:
         """One request to Triton model `name` serving zoo model `model`."""
         inputs = self._infer_inputs(model)
         start = time.perf_counter()
-        result = self.client.infer(name, inputs, client_timeout=300)
+        result = self.client.infer(name, inputs, client_timeout=120)
         client_ms = (time.perf_counter() - start) * 1e3
         out = result.as_numpy("output")
         ref = self.refs[model].output
@@ -431,6 +433,51 @@ class Client:
             flags = result.as_numpy("cold_start").reshape(-1, 2)[0]
             return Answer(client_ms, bool(flags[0] >= 0.5), float(flags[1]), correct, diff)
         return Answer(client_ms, False, 0.0, correct, diff)
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free right now (held open together, then released)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind((serve.LOOPBACK, 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def plan_summary(plans: Path) -> dict[str, Any]:
+    """PT evidence from the plan files the backend wrote: per variant, layers and MiB per load source."""
+    from deepplan_backend.runtime.plan_repository import list_plans, read_plan
+
+    summary: dict[str, Any] = {}
+    for path in list_plans(plans):
+        plan = read_plan(path)
+        variants = []
+        for v in plan.variants:
+            sources: dict[str, dict[str, float]] = {}
+            for layer, src in zip(plan.layers, v.schedule.sources, strict=True):
+                name = "dha" if src < 0 else "target" if src == 0 else f"peer{src}"
+                entry = sources.setdefault(name, {"layers": 0, "mib": 0.0})
+                entry["layers"] += 1
+                entry["mib"] += layer.nbytes / 2**20
+            variants.append(
+                {"engine": v.engine, "num_devices": v.num_devices, "predicted_ms": v.predicted_ms, "sources": sources}
+            )
+        summary[path.name] = {"model": plan.key.model, "gpu": plan.key.gpu_name, "variants": variants}
+    return summary
+
+
+def peer_layers(summary: dict[str, Any], model: str, gpu: str, engine: str, num_devices: int) -> int | None:
+    """Layers that the served variant of `model` loads through peer GPUs (PT), from `plan_summary`."""
+    for plan in summary.values():
+        if plan["model"] != model or plan["gpu"] != gpu:
+            continue
+        for v in plan["variants"]:
+            if v["engine"] == engine and v["num_devices"] == num_devices:
+                return sum(int(e["layers"]) for k, e in v["sources"].items() if k.startswith("peer"))
+    return None
 
 
 def scrape_metrics(url: str) -> dict[str, float]:
@@ -488,6 +535,7 @@ class Bench:
         self.refs: dict[str, Reference] = {}
         self.evict_run: dict[str, Any] = {}
         self.evict_samples: list[Answer] = []
+        self.plans: dict[str, Any] = {}
         self.ready_s: float | None = None
         self.all_loaded_s: float | None = None
         self.load_ms: dict[str, float] = {}
@@ -521,8 +569,6 @@ class Bench:
         Raises:
             deepplan_backend.serve.ServeError: the server did not start (the message holds its error lines).
         """
-        from tests.triton_server import free_ports  # the same helper the tests use
-
         http, grpc, metrics = free_ports(3)
         self.cfg = serve.ServeConfig(
             admin_token=secrets.token_urlsafe(16),
@@ -556,7 +602,7 @@ class Bench:
         assert self.client is not None and self.cfg is not None
         for model in self.args.models[1:]:
             t0 = time.perf_counter()
-            self.client.client.load_model(model, headers=self.client.headers, client_timeout=900)
+            self.client.client.load_model(model, headers=self.client.headers, client_timeout=300)
             self.load_ms[model] = (time.perf_counter() - t0) * 1e3
             say(f"{model} loaded through the model-control API in {self.load_ms[model]:.0f} ms")
         url, headers = self.cfg.url("gRPC"), self.client.headers
@@ -564,7 +610,7 @@ class Bench:
         def load(name: str) -> tuple[str, float]:
             client = _grpc_module().InferenceServerClient(url)  # one client per thread
             t0 = time.perf_counter()
-            client.load_model(name, headers=headers, client_timeout=900)
+            client.load_model(name, headers=headers, client_timeout=300)
             return name, (time.perf_counter() - t0) * 1e3
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(self.evicts)) as pool:
@@ -708,7 +754,7 @@ class Bench:
         assert self.client is not None
         c = self.client
         t0 = time.perf_counter()
-        c.client.load_model(name, headers=c.headers, client_timeout=600)
+        c.client.load_model(name, headers=c.headers, client_timeout=300)
         t1 = time.perf_counter()
         answer = c.infer(name, model, ("output", "cold_start") if with_cold else ("output",))
         t2 = time.perf_counter()
@@ -765,6 +811,7 @@ class Bench:
             "engine": info.get("engine", self.args.engine),
             "devices": "+".join(info.get("devices", [])),
             "pt": len(info.get("devices", [])) > 1,
+            "pt_peer_layers": peer_layers(self.plans, self._zoo_name(names[0]), gpu, *self._variant(info)),
             "gpu_name": gpu,
             "client_cold_ms": client,
             "engine_cold_ms": engine,
@@ -791,8 +838,19 @@ class Bench:
             "date": date,
         }
 
+    def _zoo_name(self, name: str) -> str:
+        return self.first if name in self.evicts else name
+
+    def _variant(self, info: dict[str, Any]) -> tuple[str, int]:
+        engine = info.get("engine", self.args.engine)
+        return engine, len(info.get("devices", [])) or 1
+
     def report(self, gpu: str, num_gpus: int) -> dict[str, Any]:
         """The JSON document of the run."""
+        try:
+            self.plans = plan_summary(self.lay.plans)
+        except Exception as exc:  # evidence only: the numbers stand without it
+            self.errors.append(f"reading the plans: {type(exc).__name__}: {exc}")
         date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         return {
             "date": date,
@@ -807,7 +865,11 @@ class Bench:
             "rows": self.rows(gpu, date),
             "eviction_run": self.evict_run,
             "served_on": self.log.ready,
-            "pt_evidence": "devices from the backend's 'deepplan: <instance> ready: ... devices=[...]' log line",
+            "pt_evidence": (
+                "devices: the backend's 'deepplan: <instance> ready: ... devices=[...]' log line; "
+                "pt_peer_layers and plans: layers the served plan variant loads through peer GPUs"
+            ),
+            "plans": self.plans,
             "per_model": {
                 name: {
                     "answers": s.answers,
@@ -895,6 +957,13 @@ def print_table(doc: dict[str, Any]) -> None:
             f"evictions (metric delta {ev['evictions_metric_delta']:.0f}), peak {ev['peak_used_bytes']} bytes <= "
             f"budget: {ev['budget_respected']}"
         )
+    for r in doc["rows"]:
+        if r["triton_load_ms"] and r["client_cold_ms"]:
+            print(
+                f"{r['model']}: plain Triton Python model ready and answering after {r['triton_load_ms']:.0f} ms; "
+                f"deepplan model loaded after {f(r['deepplan_load_ms'], '.0f')} ms, then cold starts in "
+                f"{r['client_cold_ms']:.2f} ms ({r['triton_load_ms'] / r['client_cold_ms']:.0f}x less than the load)"
+            )
     print(
         "latencies in ms; ratio = client / engine cold latency (target <= 1.2); all answers correct:",
         doc["all_correct"],
@@ -935,22 +1004,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"budget {budget / 2**20:.1f} MiB per device, plans in {lay.plans}"
         )
         bench = Bench(args, lay)
-        started = False
+        no_server = None
         try:
             bench.start()
-            started = True
             bench.run()
         except (serve.ServeError, install.InstallError) as exc:
-            say(f"error: the server did not start: {exc}")
+            no_server = f"the server did not start: {exc}"
+            say(f"error: {no_server}")
+        except Exception as exc:  # e.g. the reference model: record it, still stop the server and write results
+            bench.errors.append(f"{type(exc).__name__}: {exc}")
+            traceback.print_exc()
         finally:
             bench.stop()
         doc = bench.report(gpu_name, num_gpus)
-        if not started:
-            doc["errors"].insert(0, "server did not start")
+        if no_server:
+            doc["errors"].insert(0, no_server)
         csv_path, json_path = write_outputs(doc, args.out)
     print_table(doc)
     say(f"wrote {csv_path}, {json_path} and {args.out / 'server.log'}")
-    if not started:
+    if no_server:
         return 2
     if doc["errors"] or not doc["all_correct"]:
         say("FAILED: " + ("; ".join(doc["errors"]) or "some answers differ from the reference"))
