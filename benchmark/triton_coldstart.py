@@ -26,6 +26,9 @@ Steps (each prints progress; a failing step is recorded and the run goes on wher
    deepplan model of the same zoo model. Both are unloaded afterwards.
 7. ``<out>/triton_coldstart.csv`` and ``.json``, ``<out>/server.log``; a table at the end.
 
+Triton instance kind: ``KIND_CPU`` by default (``--triton-kind gpu`` for ``KIND_GPU`` on GPU 0): the deepplan
+backend picks its GPUs itself from ``devices``, so the kind only decides which device id Triton passes.
+
 Exit codes: 0 all steps ran and every answer was right; 1 a step failed or an answer was wrong; 2 the server did
 not start (its error lines are printed).
 """
@@ -36,6 +39,7 @@ import argparse
 import concurrent.futures
 import csv
 import datetime
+import functools
 import json
 import math
 import os
@@ -340,7 +344,8 @@ def make_reference(model: str, args: argparse.Namespace, lay: Layout) -> Referen
     """Build the zoo model (same seed as the server), save a checkpoint folder, run it on the server's device."""
     zm = zoo.load_model(model)
     checkpoint = lay.checkpoints / model
-    zm.module.inner.save_pretrained(str(checkpoint))
+    inner: Any = zm.module.inner  # a transformers PreTrainedModel
+    inner.save_pretrained(str(checkpoint))
     device = torch.device("cuda:0" if lay.gpu else "cpu")
     seq = min(args.seq_len, zm.max_seq_len) if args.seq_len else None
     tensors = zm.example_inputs(1, seq, seed=1)
@@ -545,7 +550,7 @@ class Bench:
         self.cfg: serve.ServeConfig | None = None
         self.log = ServerLog(args.out / "server.log")
         self._rr = 0
-        self._residency = None
+        self._residency: Any = None
 
     def step(self, name: str, fn: Callable[[], None]) -> None:
         """Run one step; a failure is printed and recorded, and the run goes on."""
@@ -691,6 +696,7 @@ class Bench:
 
     def eviction_run(self) -> None:
         """Round-robin passes over the eviction instances under the budget (step 4)."""
+        assert self.cfg is not None
         before = scrape_metrics(self.cfg.url("metrics"))
         prev = self.resident(self.snapshot())
         requests = colds = wrong = transitions = 0
@@ -755,24 +761,26 @@ class Bench:
         c = self.client
         t0 = time.perf_counter()
         c.client.load_model(name, headers=c.headers, client_timeout=300)
-        t1 = time.perf_counter()
-        answer = c.infer(name, model, ("output", "cold_start") if with_cold else ("output",))
-        t2 = time.perf_counter()
         try:
-            c.client.unload_model(name, headers=c.headers, client_timeout=120)
-        except Exception as exc:  # the numbers stand; an unload failure is only reported
-            self.errors.append(f"unload {name}: {exc}")
+            t1 = time.perf_counter()
+            answer = c.infer(name, model, ("output", "cold_start") if with_cold else ("output",))
+            t2 = time.perf_counter()
+        finally:  # never leave it loaded (the plain model holds device memory outside the budget)
+            try:
+                c.client.unload_model(name, headers=c.headers, client_timeout=120)
+            except Exception as exc:  # the numbers stand; an unload failure is only reported
+                self.errors.append(f"unload {name}: {exc}")
         return (t1 - t0) * 1e3, (t2 - t0) * 1e3, answer
 
     def run(self) -> None:
         """Steps 3 to 6 (the server is up)."""
         self.step("load the other models", self.load_rest)
         for model in self.args.models:
-            self.step(f"cold/warm latency of {model}", lambda m=model: self.measure_model(m))
+            self.step(f"cold/warm latency of {model}", functools.partial(self.measure_model, model))
         self.step("eviction run", self.eviction_run)
         if not self.args.skip_load_compare:
             for model in self.args.models[: 1 if self.args.quick else None]:
-                self.step(f"model-control API loads of {model}", lambda m=model: self.load_compare(m))
+                self.step(f"model-control API loads of {model}", functools.partial(self.load_compare, model))
 
     def stop(self) -> None:
         """Stop the server (always) and close the log."""
@@ -962,7 +970,8 @@ def print_table(doc: dict[str, Any]) -> None:
             print(
                 f"{r['model']}: plain Triton Python model ready and answering after {r['triton_load_ms']:.0f} ms; "
                 f"deepplan model loaded after {f(r['deepplan_load_ms'], '.0f')} ms, then cold starts in "
-                f"{r['client_cold_ms']:.2f} ms ({r['triton_load_ms'] / r['client_cold_ms']:.0f}x less than the load)"
+                f"{r['client_cold_ms']:.2f} ms (the plain load takes "
+                f"{r['triton_load_ms'] / r['client_cold_ms']:.0f}x as long)"
             )
     print(
         "latencies in ms; ratio = client / engine cold latency (target <= 1.2); all answers correct:",
@@ -980,8 +989,19 @@ def device_info() -> tuple[bool, str, int]:
 
 
 def preflight() -> None:
-    """Fail early (before building anything) when the wheel lacks a Python backend stub for this Python."""
+    """Fail early (before building anything): no Python backend stub for this Python, or no gRPC client.
+
+    Raises:
+        install.InstallError: with the reason.
+    """
     install.find_triton_dist().stub_for(install.current_python_version())
+    try:
+        _grpc_module()
+    except Exception as exc:  # ImportError, or protobuf refusing the client's generated code
+        raise install.InstallError(
+            f"tritonclient.grpc cannot be imported ({type(exc).__name__}: {exc}); it needs grpcio, protobuf (at "
+            "least the version its generated code names), numpy, packaging and ml_dtypes"
+        ) from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
