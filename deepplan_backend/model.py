@@ -141,21 +141,18 @@ class TritonPythonModel:
             return
         if cold:
             self.metrics.cold_start(provision_ms)
-        out = output.numpy().astype(np.float32, copy=False)
+        out = output.to(torch.float32)
         start = 0
         for i, inputs in members:
             n = next(iter(inputs.values())).shape[0]
             rows = out[start : start + n]
             # Every request of a cold batch waited for the provisioning: each row says so.
-            flags = np.tile(np.array([[1.0 if cold else 0.0, provision_ms]], dtype=np.float32), (n, 1))
+            flags = torch.tensor([[1.0 if cold else 0.0, provision_ms]], dtype=torch.float32).repeat(n, 1)
             start += n
             if not self.batched:
                 rows, flags = rows[0], flags[0]
             responses[i] = pb_utils.InferenceResponse(
-                output_tensors=[
-                    pb_utils.Tensor("output", np.ascontiguousarray(rows)),
-                    pb_utils.Tensor("cold_start", flags),
-                ]
+                output_tensors=[_output("output", rows), _output("cold_start", flags)]
             )
 
     def finalize(self) -> None:
@@ -163,6 +160,17 @@ class TritonPythonModel:
         served = getattr(self, "served", None)
         if served is not None:
             served.close()
+
+
+def _output(name: str, tensor: object) -> object:
+    """An output tensor handed over through DLPack, not NumPy.
+
+    The Python backend stub is built against NumPy 1's ABI; on hosts with NumPy 2 (our GPU image) tensors made
+    from NumPy arrays reached clients empty, while DLPack does not go through NumPy at all.
+    """
+    from torch.utils.dlpack import to_dlpack
+
+    return pb_utils.Tensor.from_dlpack(name, to_dlpack(tensor.contiguous()))  # type: ignore[attr-defined]
 
 
 def _error(message: str, code) -> object:

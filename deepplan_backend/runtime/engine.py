@@ -263,8 +263,12 @@ class ColdStartEngine:
             [CopyJob(0, store.buffer[:cursor], arena.tensor[:cursor])] if whole and cursor else layout.jobs
         )
         if self.graphs:
-            with torch.cuda.device(self.device):
-                layout.events = [torch.cuda.Event(external=True) for _ in chunks]
+            layout.events = [torch.cuda.Event(external=True) for _ in chunks]
+            for event in layout.events:
+                # PyTorch creates an event lazily at its first record, and waiting on one never created is
+                # silently skipped, also while capturing: a graph captured before the first pipelined cold
+                # start (e.g. after On-Demand) would hold no wait nodes at all and read weights too early.
+                event.record(self.copier.copy_stream)  # type: ignore[attr-defined]
         return layout
 
     def _chunks(self, schedule: LoadSchedule, offsets: dict[int, int]) -> tuple[list[_Chunk], dict[int, int]]:
