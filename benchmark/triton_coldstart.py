@@ -204,10 +204,12 @@ class TritonPythonModel:
 
     def execute(self, requests):
         import torch
+        from torch.utils.dlpack import from_dlpack, to_dlpack
 
         responses = []
         for request in requests:
-            inputs = {t.name(): torch.from_numpy(t.as_numpy()).to(self.device) for t in request.inputs()}
+            # DLPack both ways, as the deepplan backend does: the stub's NumPy bridge breaks under NumPy 2.
+            inputs = {t.name(): from_dlpack(t.to_dlpack()).to(self.device) for t in request.inputs()}
             with torch.inference_mode():
                 out = self.model(**inputs, return_dict=True)
             if self.family == "resnet":
@@ -216,8 +218,8 @@ class TritonPythonModel:
                 y = out.logits[:, -1, :]
             else:
                 y = out.pooler_output
-            array = np.ascontiguousarray(y.float().cpu().numpy())
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("output", array)]))
+            tensor = pb_utils.Tensor.from_dlpack("output", to_dlpack(y.float().cpu().contiguous()))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
         return responses
 '''
 

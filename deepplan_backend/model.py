@@ -102,9 +102,13 @@ class TritonPythonModel:
         )
 
     def _arrays(self, request) -> dict[str, np.ndarray | None]:
+        from torch.utils.dlpack import from_dlpack
+
         arrays: dict[str, np.ndarray | None] = {}
         for tensor in request.inputs():
-            a = tensor.as_numpy()
+            # Through DLPack and torch, not `as_numpy()`: the stub's NumPy view is built for NumPy 1's ABI
+            # (see `_output`); torch converts with the NumPy actually installed.
+            a = from_dlpack(tensor.to_dlpack()).numpy()
             arrays[tensor.name()] = a if self.batched else a[None]
         return arrays
 
@@ -165,8 +169,9 @@ class TritonPythonModel:
 def _output(name: str, tensor: object) -> object:
     """An output tensor handed over through DLPack, not NumPy.
 
-    The Python backend stub is built against NumPy 1's ABI; on hosts with NumPy 2 (our GPU image) tensors made
-    from NumPy arrays reached clients empty, while DLPack does not go through NumPy at all.
+    The Python backend stub is built against NumPy 1's ABI: on a host with NumPy 2 (seen on the H200 machine,
+    where NumPy 2.5 was installed beside nvidia-pytriton without its `numpy<2` pin) outputs made from NumPy
+    arrays reached clients empty. DLPack does not go through NumPy at all.
     """
     from torch.utils.dlpack import to_dlpack
 
