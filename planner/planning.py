@@ -36,7 +36,7 @@ def plan_deepplan(profile: ModelProfile, num_devices: int) -> tuple[LoadSchedule
     cost = CostModel(profile)
     best = even_byte_split(profile, (), num_devices)
     best_ms = cost.total(best.sources)
-    partitioner = even_byte_split
+    partitioner: Partitioner = even_byte_split
     for _ in range(ALTERNATIONS):
         selected = select_dha_layers(profile, num_devices, partition=partitioner)
         schedule = best_partition(profile, selected.dha_layers, num_devices, cost)

@@ -70,8 +70,10 @@ def _segment_times(engine: ColdStartEngine, inputs: dict[str, torch.Tensor], clo
             h.remove()
     clock.sync()
     times = [0.0] * len(table)
-    seen: set[int] = set()
-    bounds = [m for m in marks if not (m[0] in seen or seen.add(m[0]))]  # first call of each layer
+    first_calls: dict[int, object] = {}
+    for index, mark in marks:
+        first_calls.setdefault(index, mark)  # a layer called twice is timed from its first call
+    bounds = list(first_calls.items())
     for k, (index, mark) in enumerate(bounds):
         begin = start if k == 0 else mark
         finish = bounds[k + 1][1] if k + 1 < len(bounds) else end

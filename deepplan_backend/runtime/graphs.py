@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,7 +51,7 @@ def capture_forward(
     inputs: dict[str, torch.Tensor],
     up_front: Sequence[torch.cuda.Event],
     waits: Sequence[tuple[nn.Module, Sequence[torch.cuda.Event]]],
-    pool: object,
+    pool: Any,
 ) -> CapturedForward | None:
     """Capture `module(**inputs)` with event waits before the given modules; None if it cannot be captured."""
     static = {name: t.clone() for name, t in inputs.items()}

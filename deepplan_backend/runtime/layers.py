@@ -95,7 +95,9 @@ class LayerTable:
 
 
 def _own_tensors(module: nn.Module) -> list[tuple[str, bool, torch.Tensor]]:
-    found = [(name, True, p) for name, p in module._parameters.items() if p is not None]
+    found: list[tuple[str, bool, torch.Tensor]] = [
+        (name, True, p) for name, p in module._parameters.items() if p is not None
+    ]
     found += [(name, False, b) for name, b in module._buffers.items() if b is not None]
     return found
 
@@ -178,7 +180,7 @@ def bind_shared(root_modules: dict[str, nn.Module], table: LayerTable) -> None:
             owner = root_modules[table.layers[s.owner_layer].name]
             owner_store = owner._parameters if _is_param(owner, s.owner_attr) else owner._buffers
             target = module._parameters if s.is_parameter else module._buffers
-            target[s.attr] = owner_store[s.owner_attr]
+            target[s.attr] = owner_store[s.owner_attr]  # type: ignore[assignment]  # plain tensors, see bind_layer
 
 
 def _is_param(module: nn.Module, attr: str) -> bool:

@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -202,7 +203,7 @@ def _build_from_checkpoint(path: Path) -> tuple[nn.Module, str]:
         raise ModelSourceError(
             f"{path}: model_type {model_type!r} is not supported; supported: {', '.join(_FAMILY_OF_MODEL_TYPE)}"
         )
-    model_cls = {
+    model_cls: Any = {
         "resnet": transformers.ResNetForImageClassification,
         "bert": transformers.BertModel,
         "roberta": transformers.RobertaModel,
