@@ -75,6 +75,7 @@ class ServeSettings:
     residency_dir: Path | None = None
     seed: int = 0
     plan_batch: int = 1
+    graphs: bool = False  # replay cold and warm forwards as CUDA graphs (GPU only; off until verified by default)
     extra: Mapping[str, str] = field(default_factory=dict)
     path_policy: PathPolicy | None = None  # set when served from a model folder: paths stay inside its roots
 
@@ -90,6 +91,7 @@ class ServeSettings:
         "residency_dir",
         "seed",
         "plan_batch",
+        "graphs",
     )
 
     @classmethod
@@ -134,6 +136,7 @@ class ServeSettings:
             residency_dir=Path(residency_dir) if residency_dir else None,
             seed=_positive_int(params, "seed", minimum=0) or 0,
             plan_batch=_positive_int(params, "plan_batch") or 1,
+            graphs=_parse_bool(params, "graphs"),
             path_policy=policy,
         )
 
@@ -172,6 +175,16 @@ def _positive_int(params: Mapping[str, str], name: str, minimum: int = 1) -> int
     if value < minimum:
         raise ConfigError(f"parameter {name}: must be >= {minimum}, got {value}")
     return value
+
+
+def _parse_bool(params: Mapping[str, str], name: str) -> bool:
+    """A yes/no parameter (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`; default no)."""
+    text = params.get(name, "false").strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise ConfigError(f"parameter {name}: {text!r}; give true or false")
 
 
 def _parse_devices(text: str) -> tuple[int, ...] | None:
@@ -283,7 +296,7 @@ class ServedModel:
         nbytes = self.prepared.table.nbytes
         self.schedule, self.overlap = schedule_for(settings.engine, len(self.devices), nbytes, self.plan)
         self.need_bytes = self.schedule.loaded_bytes(nbytes)
-        self.engine = ColdStartEngine(self.model, self.prepared.store, self.devices)
+        self.engine = ColdStartEngine(self.model, self.prepared.store, self.devices, graphs=settings.graphs)
         self.device_name = str(self.devices[0])
         self.evictions = 0
         self._lock = threading.Lock()

@@ -1,0 +1,23 @@
+"""Config parameters of a deepplan model: the `graphs` switch and clear errors for bad values."""
+
+from __future__ import annotations
+
+import pytest
+
+from deepplan_backend.runtime.served_model import ConfigError, ServeSettings
+
+
+@pytest.mark.parametrize(("text", "expected"), [("true", True), ("ON", True), ("1", True), ("no", False), ("", False)])
+def test_graphs_switch(text: str, expected: bool) -> None:
+    assert ServeSettings.from_parameters({"model": "tiny-bert", "graphs": text}).graphs is expected
+
+
+def test_graphs_default_off_and_bad_value_is_a_clear_error() -> None:
+    assert ServeSettings.from_parameters({"model": "tiny-bert"}).graphs is False
+    with pytest.raises(ConfigError, match="parameter graphs: 'maybe'; give true or false"):
+        ServeSettings.from_parameters({"model": "tiny-bert", "graphs": "maybe"})
+
+
+def test_unknown_parameter_names_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown parameter.*graph.*known:.*graphs"):
+        ServeSettings.from_parameters({"model": "tiny-bert", "graph": "true"})
