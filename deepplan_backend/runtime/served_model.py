@@ -32,7 +32,7 @@ from .path_policy import PathPolicy, PathPolicyError
 from .plan import ENGINES, Plan, PlanError
 from .plan_repository import load_plan, plan_path, save_plan
 from .prepared import PreparedModel, gpu_name, prepare_shared
-from .residency import DEFAULT_RESERVE_BYTES, Residency, default_state_dir
+from .residency import BUDGET_ENV, DEFAULT_RESERVE_BYTES, Residency, default_state_dir
 from .schedules import schedule_for
 from .transfer import resolve_devices
 from .zoo import IMAGE_SIZE, ZOO, parse_dtype
@@ -119,7 +119,8 @@ class ServeSettings:
         plan_repo = Path(params.get("plan_repository") or os.environ.get(PLAN_DIR_ENV) or DEFAULT_PLAN_DIR)
         if not plan_repo.is_absolute():
             plan_repo = root / plan_repo
-        budget_text = params.get("budget", "auto").strip() or "auto"
+        # The model's own parameter wins; else the server-wide environment (Docker sets it); else auto.
+        budget_text = (params.get("budget") or os.environ.get(BUDGET_ENV) or "auto").strip() or "auto"
         residency_dir: str | Path = params.get("residency_dir", "").strip()
         policy = None
         if model_dir is not None:

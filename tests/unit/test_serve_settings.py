@@ -21,3 +21,12 @@ def test_graphs_default_off_and_bad_value_is_a_clear_error() -> None:
 def test_unknown_parameter_names_the_known_ones() -> None:
     with pytest.raises(ConfigError, match="unknown parameter.*graph.*known:.*graphs"):
         ServeSettings.from_parameters({"model": "tiny-bert", "graph": "true"})
+
+
+def test_budget_from_the_environment_unless_the_model_sets_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEEPPLAN_BUDGET_BYTES", "2GiB")
+    assert ServeSettings.from_parameters({"model": "tiny-bert"}).budget == 2 << 30
+    assert ServeSettings.from_parameters({"model": "tiny-bert", "budget": "1MiB"}).budget == 1 << 20
+    monkeypatch.setenv("DEEPPLAN_BUDGET_BYTES", "lots")
+    with pytest.raises(ConfigError, match="budget"):
+        ServeSettings.from_parameters({"model": "tiny-bert"})
