@@ -75,38 +75,50 @@ def test_sweep_writes_rows_cold_starts_and_plot(tmp_path):
     assert (out / "fig12.png").stat().st_size > 10_000
 
 
-def test_sweep_refuses_unknown_engine(tmp_path):
-    proc = run("loadtest.experiments.sweep", "--engines", "turbo", "--out", str(tmp_path), timeout=60)
-    assert proc.returncode == 2
-    assert "pipeline, deepplan, deepplan+pt" in proc.stderr
+def _import_from_root():
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
 
 
-def test_trace_replay_argument_checks(tmp_path):
-    proc = run(
-        "loadtest.experiments.trace_replay", "--trace-dir", str(tmp_path / "none"), "--out", str(tmp_path), timeout=60
-    )
-    assert proc.returncode == 2 and "does not exist" in proc.stderr and "make_trace" in proc.stderr
+def test_sweep_refuses_unknown_engine(tmp_path, capsys):
+    _import_from_root()
+    from loadtest.experiments.sweep import parse_args
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--engines", "turbo", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "pipeline, deepplan, deepplan+pt" in capsys.readouterr().err
+    assert parse_args(["--engines", "deepplan-PT", "pipeline", "--out", str(tmp_path)]).engines == [
+        "deepplan+pt",
+        "pipeline",
+    ]
+
+
+def test_trace_replay_argument_checks(tmp_path, capsys):
+    _import_from_root()
+    from loadtest.experiments.trace_replay import parse_args
+
+    def refused(*argv: str) -> str:
+        with pytest.raises(SystemExit) as exc:
+            parse_args([*argv, "--out", str(tmp_path / "o")])
+        assert exc.value.code == 2
+        return capsys.readouterr().err
+
+    err = refused("--trace-dir", str(tmp_path / "none"))
+    assert "does not exist" in err and "make_trace" in err
     trace = tmp_path / "trace"
     assert run("loadtest.make_trace", "--out", str(trace), "--functions", "20", "--minutes", "30").returncode == 0
-    bad = run(
-        "loadtest.experiments.trace_replay",
-        *("--trace-dir", str(trace), "--models", "tiny-resnet", "tiny-gpt2", "--instances", "1"),
-        *("--out", str(tmp_path / "o")),
-        timeout=60,
-    )
-    assert bad.returncode == 2 and "--instances (1) must be >=" in bad.stderr
-    unknown = run(
-        "loadtest.experiments.trace_replay",
-        *("--trace-dir", str(trace), "--models", "no-such-model", "--instances", "2", "--out", str(tmp_path / "o")),
-        timeout=60,
-    )
-    assert unknown.returncode == 2 and "not a zoo model" in unknown.stderr
+    err = refused("--trace-dir", str(trace), "--models", "tiny-resnet", "tiny-gpt2", "--instances", "1")
+    assert "--instances (1) must be >=" in err
+    assert "not a zoo model" in refused("--trace-dir", str(trace), "--models", "no-such-model", "--instances", "2")
+    assert "and --time-scale must be > 0" in refused("--trace-dir", str(trace), "--time-scale", "0")
+    args = parse_args(["--trace-dir", str(trace), "--models", "tiny-resnet", "--instances", "2", "--out", "o"])
+    assert args.trace_file.name == "invocations_per_function_md.anon.d02.csv" and args.seq_len == 16
     assert not (tmp_path / "o").exists()  # nothing started, nothing written
 
 
 def test_trace_replay_writer_on_a_hand_made_log(tmp_path):
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+    _import_from_root()
     from loadtest.experiments import Devices, PointResult, row_of
     from loadtest.experiments.trace_replay import timeline_rows, write_results
     from loadtest.results import RequestRecord, summarize
