@@ -3,7 +3,7 @@
 Inputs are discovered from Triton's model metadata and config, so any model family works: dynamic
 dimensions become batch 1 (the first dimension of a batching model, or of any input of rank >= 2 in a
 non-batching one, where it is the batch by convention) or ``seq_len`` (all others).
-Input values: names containing ``mask`` are ones, integer inputs are token ids in ``[1000, 2000)``
+Input values: names containing ``mask`` are ones, integer inputs are token ids in ``[100, 1000)``
 (valid in every text vocabulary of the zoo), float inputs are standard normal. Each model's request
 tensors are built once and reused by every request to it.
 
@@ -106,13 +106,17 @@ def model_io(model: str, metadata: Mapping[str, Any], max_batch_size: int, seq_l
     return ModelIO(model, tuple(inputs), wanted if "output" in wanted else (), "cold_start" in names)
 
 
+TOKEN_LOW, TOKEN_HIGH = 100, 1000
+"""Token ids sent by the load tests: inside every zoo vocabulary, the tiny test models' 1000 included."""
+
+
 def input_array(spec: InputSpec, rng: np.random.Generator) -> np.ndarray:
     """Request data for one input (values described in the module docstring)."""
     dtype = _NUMPY_TYPES[spec.datatype]
     if "mask" in spec.name.lower() or spec.datatype == "BOOL":
         return np.ones(spec.shape, dtype=dtype)
     if np.issubdtype(dtype, np.integer):
-        return rng.integers(1000, 2000, size=spec.shape).astype(dtype)
+        return rng.integers(TOKEN_LOW, TOKEN_HIGH, size=spec.shape).astype(dtype)
     return rng.standard_normal(spec.shape).astype(dtype)
 
 
