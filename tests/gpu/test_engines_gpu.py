@@ -50,6 +50,13 @@ def _schedules(n: int, nbytes: tuple[int, ...]) -> dict[str, tuple[LoadSchedule,
         for i in range(0, n, 4):
             dha_pt[i] = DHA
         found["dha+pt2"] = (LoadSchedule(tuple(dha_pt), 2), True)
+    if torch.cuda.device_count() >= 4:
+        # Three peer lanes at once, one of them left without layers (the planner may choose that).
+        pt4 = list(even_split(nbytes, 3).sources)
+        for i in range(0, n, 5):
+            pt4[i] = DHA
+        pt4 = [3 if s == 2 else s for s in pt4]
+        found["dha+pt4"] = (LoadSchedule(tuple(pt4), 4), True)
     return found
 
 
@@ -58,7 +65,7 @@ def test_every_mode_matches_plain_model(name: str) -> None:
     prepared = prepare(name)
     inputs = prepared.model.example_inputs(1)
     expected = _reference(name, "float32", inputs)
-    devices = [torch.device("cuda", i) for i in range(min(2, torch.cuda.device_count()))]
+    devices = [torch.device("cuda", i) for i in range(min(4, torch.cuda.device_count()))]
     engine = ColdStartEngine(prepared.model, prepared.store, devices)
     n = len(prepared.table)
     schedules = _schedules(n, prepared.table.nbytes)
