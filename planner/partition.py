@@ -50,11 +50,7 @@ def schedule_from_cuts(
     bounds = [0, *cuts, len(loaded)]
     if any(a > b for a, b in zip(bounds, bounds[1:], strict=False)):
         raise PlanError(f"{profile.key.model}: partition cuts {list(cuts)} are not ordered within 0..{len(loaded)}")
-    sources = [DHA] * len(profile.layers)
-    for slot in range(num_devices):
-        for pos in range(bounds[slot], bounds[slot + 1]):
-            sources[loaded[pos]] = slot
-    return LoadSchedule(sources=tuple(sources), num_devices=num_devices)
+    return LoadSchedule(sources=tuple(sources_from_cuts(len(profile.layers), loaded, cuts)), num_devices=num_devices)
 
 
 def weighted_cuts(nbytes: Sequence[int], shares: Sequence[float]) -> list[int]:
@@ -123,7 +119,7 @@ def _cuts_of(schedule: LoadSchedule, loaded: Sequence[int]) -> list[int]:
     return cuts
 
 
-def _sources_from_cuts(num_layers: int, loaded: Sequence[int], cuts: Sequence[int]) -> list[int]:
+def sources_from_cuts(num_layers: int, loaded: Sequence[int], cuts: Sequence[int]) -> list[int]:
     """Per-layer sources for ordered cuts (no checks: the search only makes valid cuts)."""
     sources = [DHA] * num_layers
     bounds = [0, *cuts, len(loaded)]
@@ -190,7 +186,7 @@ def best_partition(
 
             def evaluate(pos: int, c: int = c) -> float:
                 trial = [*cuts[:c], pos, *cuts[c + 1 :]]
-                return cost.total(_sources_from_cuts(num_layers, loaded, trial))
+                return cost.total(sources_from_cuts(num_layers, loaded, trial))
 
             cuts[c], best = _search_cut(evaluate, cuts[c], best, low, high)
         if best >= before:

@@ -13,14 +13,13 @@ from .plan import ENGINES, LoadSchedule, Plan, PlanError
 
 def even_split(nbytes: Sequence[int], num_devices: int) -> LoadSchedule:
     """Every layer copied; contiguous runs of about equal bytes per device, the target taking the first run."""
-    from planner.partition import weighted_cuts  # the planner owns partition rules; one definition of the split
+    # The planner owns partition rules: one definition of the split and of cuts -> per-layer sources.
+    from planner.partition import sources_from_cuts, weighted_cuts
 
-    cuts = [0, *weighted_cuts(nbytes, [1.0] * num_devices), len(nbytes)]
-    sources = [0] * len(nbytes)
-    for slot in range(num_devices):
-        for i in range(cuts[slot], cuts[slot + 1]):
-            sources[i] = slot
-    return LoadSchedule(tuple(sources), num_devices)
+    layers = range(len(nbytes))
+    return LoadSchedule(
+        tuple(sources_from_cuts(len(nbytes), layers, weighted_cuts(nbytes, [1.0] * num_devices))), num_devices
+    )
 
 
 def schedule_for(engine: str, num_devices: int, nbytes: Sequence[int], plan: Plan | None) -> tuple[LoadSchedule, bool]:
