@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 from deepplan_backend import install, serve
-from deepplan_backend.repository import OUTPUT_DIMS, config_pbtxt, family_of, write_model
+from deepplan_backend.repository import OUTPUT_DIMS, config_pbtxt, inputs_pbtxt, write_model
 from deepplan_backend.runtime import zoo
 from deepplan_backend.runtime.served_model import parse_size
 
@@ -226,13 +226,7 @@ class TritonPythonModel:
 
 def plain_config(name: str, model: str, checkpoint: Path, device: str) -> str:
     """``config.pbtxt`` of the plain Python model (same inputs and ``output`` as the deepplan model)."""
-    if family_of(model) == "resnet":
-        inputs = '  { name: "pixel_values", data_type: TYPE_FP32, dims: [ 3, 224, 224 ] }'
-    else:
-        inputs = (
-            '  { name: "input_ids", data_type: TYPE_INT64, dims: [ -1 ] },\n'
-            '  { name: "attention_mask", data_type: TYPE_INT64, dims: [ -1 ], optional: true }'
-        )
+    inputs = inputs_pbtxt(model)
     params = {"checkpoint": str(checkpoint), "family": zoo.ZOO[model].family, "device": device}
     param_text = ",\n".join(f'  {{ key: "{k}", value: {{ string_value: "{v}" }} }}' for k, v in params.items())
     return f"""name: "{name}"

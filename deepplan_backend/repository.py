@@ -39,6 +39,16 @@ def family_of(model: str) -> str:
     return "resnet" if "resnet" in model else "text"
 
 
+def inputs_pbtxt(model: str) -> str:
+    """The ``input [...]`` entries of a model serving `model`: what `zoo.ZooModel.input_names` takes."""
+    if family_of(model) == "resnet":
+        return '  { name: "pixel_values", data_type: TYPE_FP32, dims: [ 3, 224, 224 ] }'
+    return (
+        '  { name: "input_ids", data_type: TYPE_INT64, dims: [ -1 ] },\n'
+        '  { name: "attention_mask", data_type: TYPE_INT64, dims: [ -1 ], optional: true }'
+    )
+
+
 def config_pbtxt(
     name: str,
     model: str,
@@ -52,13 +62,7 @@ def config_pbtxt(
 ) -> str:
     """The ``config.pbtxt`` of one deepplan model serving zoo model (or checkpoint folder) `model`."""
     dim = output_dim if output_dim is not None else OUTPUT_DIMS.get(model, -1)
-    if family_of(model) == "resnet":
-        inputs = '  { name: "pixel_values", data_type: TYPE_FP32, dims: [ 3, 224, 224 ] }'
-    else:
-        inputs = (
-            '  { name: "input_ids", data_type: TYPE_INT64, dims: [ -1 ] },\n'
-            '  { name: "attention_mask", data_type: TYPE_INT64, dims: [ -1 ], optional: true }'
-        )
+    inputs = inputs_pbtxt(model)
     params = {"model": model, **(parameters or {})}
     param_text = ",\n".join(f'  {{ key: "{k}", value: {{ string_value: "{v}" }} }}' for k, v in params.items())
     group = f"  {{ count: 1, kind: {kind}"

@@ -30,16 +30,10 @@ PLAN_FILE = "tiny-bert.b1.s16.float32.cpu.plan"
 REQUIRED_COLUMNS = ("model", "engine", "devices", "cold_ms", "warm_ms", "limit_ms", "predicted_ms", "gpu_name", "date")
 TIMEOUT_S = 240
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour of the CLIs")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, thread hand-offs cost more than these tiny ops."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [
+    pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour of the CLIs"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 class Run:

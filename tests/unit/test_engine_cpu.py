@@ -18,13 +18,7 @@ CPU = torch.device("cpu")
 CYCLES = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, thread hand-offs cost more than these tiny ops."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _mixed(n: int) -> LoadSchedule:

@@ -9,14 +9,7 @@ from deepplan_backend.runtime.host_store import HostStore
 from deepplan_backend.runtime.layers import build_layer_table
 from deepplan_backend.runtime.zoo import TINY_MODELS, load_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, thread hand-offs cost more than these tiny ops."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _inside(t: torch.Tensor, buffer: torch.Tensor) -> bool:

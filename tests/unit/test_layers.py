@@ -10,14 +10,7 @@ from deepplan_backend.runtime.layers import ALIGNMENT, align, build_layer_table
 from deepplan_backend.runtime.prepared import prepare
 from deepplan_backend.runtime.zoo import load_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, thread hand-offs cost more than these tiny ops."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Reversed(nn.Module):
