@@ -64,7 +64,10 @@ class HostArena:
         self.mapped = False
 
     def close(self) -> None:
-        """Release the mapping (views of it must be gone first)."""
+        """Drop this arena's view; the mapping is freed with the last view of it.
+
+        Its pages already went back on `unmap`; an mmap with live buffer exports cannot be closed explicitly.
+        """
         self.mapped = False
         self.tensor = torch.empty(0, dtype=torch.uint8)
 
