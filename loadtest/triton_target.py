@@ -16,6 +16,8 @@ files call it at import time; this module does not (it must stay importable with
 
 from __future__ import annotations
 
+import importlib
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -137,6 +139,20 @@ def _strip_scheme(url: str) -> str:
     return url
 
 
+def _client_module(protocol: str) -> Any:
+    """``tritonclient.grpc`` or ``tritonclient.http``; a TargetError (not a hung load test) when it is missing.
+
+    tritonclient raises RuntimeError, not ImportError, when an optional dependency (rapidjson, gevent) is absent.
+    """
+    try:
+        return importlib.import_module(f"tritonclient.{protocol}")
+    except (ImportError, RuntimeError) as exc:
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        raise TargetError(
+            f"tritonclient.{protocol} cannot be imported: {exc}{cause}; install tritonclient[{protocol}]"
+        ) from exc
+
+
 class TritonTarget:
     """A Triton client (gRPC or HTTP) that knows how to send one request to each model."""
 
@@ -171,16 +187,11 @@ class TritonTarget:
         self._rng = np.random.default_rng(seed)
         self._io: dict[str, ModelIO] = {}
         self._requests: dict[str, tuple[list[Any], list[Any] | None]] = {}
+        self._module: Any = _client_module(protocol)
         if protocol == "grpc":
-            import tritonclient.grpc as client_module
-
-            self._module: Any = client_module
-            self._client: Any = client_module.InferenceServerClient(self.url)
+            self._client: Any = self._module.InferenceServerClient(self.url)
         else:
-            import tritonclient.http as client_module
-
-            self._module = client_module
-            self._client = client_module.InferenceServerClient(
+            self._client = self._module.InferenceServerClient(
                 self.url, concurrency=http_connections, connection_timeout=timeout_s, network_timeout=timeout_s
             )
 

@@ -114,7 +114,7 @@ def test_graph_replay_survives_evict_cycles(name: str) -> None:
     prepared = prepare(name)
     inputs = prepared.model.example_inputs(1)
     expected = _reference(name, "float32", inputs)
-    devices = [torch.device("cuda", i) for i in range(min(2, torch.cuda.device_count()))]
+    devices = [torch.device("cuda", i) for i in range(min(4, torch.cuda.device_count()))]
     engine = ColdStartEngine(prepared.model, prepared.store, devices, graphs=True)
     n = len(prepared.table)
     for mode, (schedule, overlap) in _schedules(n, prepared.table.nbytes).items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -95,3 +97,11 @@ def test_unreachable_server_is_a_clear_error():
     target = TritonTarget("http", "127.0.0.1:9", timeout_s=2.0)
     with pytest.raises(TargetError, match="not reachable"):
         target.discover(["m"])
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_missing_client_dependency_is_a_target_error(protocol: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client without its optional dependencies fails the load test clearly instead of hanging it."""
+    monkeypatch.setitem(sys.modules, f"tritonclient.{protocol}", None)  # import now raises ImportError
+    with pytest.raises(TargetError, match=f"tritonclient.{protocol} cannot be imported"):
+        TritonTarget(protocol, "127.0.0.1:1", seq_len=8, timeout_s=1.0)
