@@ -2,9 +2,13 @@
 
 A model says ``backend: "deepplan"`` and configures itself through ``parameters`` (see
 `ServeSettings.KNOWN` and the README): ``model``, ``engine``, ``devices``, ``dtype``, ``plan_repository``,
-``seq_len``, ``budget``, ``reserve``, ``residency_dir``, ``seed``, ``plan_batch``.
+``seq_len``, ``budget``, ``reserve``, ``residency_dir``, ``seed``, ``plan_batch``, ``graphs``, ``process``,
+``target_gpu``.
 
-- ``initialize`` packs the host weights (shared by identical models of this process), loads or makes the plan,
+- ``process: shared`` (default): this stub is a front end with NumPy only; the model's `ServedModel` lives in the
+  engine host of its target GPU (`deepplan_backend.hosting`), shared with the other models on that GPU.
+  ``process: instance``: the `ServedModel` lives in this stub (one CUDA context per instance).
+- ``initialize`` packs the host weights (shared by identical models of the process), loads or makes the plan,
   registers with the server-wide residency; the device stays empty.
 - ``execute`` answers every request: invalid ones get their own ``TritonError``; valid ones with the same
   shape are run as one batch (cold start per plan if the model is not resident). Outputs: ``output`` and
@@ -19,9 +23,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+if TYPE_CHECKING:  # the front end imports only what its `process` mode needs
+    from deepplan_backend.hosting.host_client import HostedModel
+    from deepplan_backend.runtime.served_model import ServedModel
 
 PROVISION_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, float("inf"))
 
@@ -70,94 +79,70 @@ class _Metrics:
 
 
 class TritonPythonModel:
-    """Triton entry points; all logic lives in `ServedModel`."""
+    """Triton entry points; all logic lives in `ServedModel`, in this process or in an engine host."""
 
     def initialize(self, args: dict[str, str]) -> None:
         """Host weights, plan and residency registration; the device stays empty until the first request."""
-        from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
-
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
         model_dir = Path(args["model_repository"])
-        settings = ServeSettings.from_parameters(params, model_dir=model_dir)
         device_id = int(args["model_instance_device_id"]) if args.get("model_instance_kind") == "GPU" else None
         self.max_batch_size = max(1, int(config.get("max_batch_size", 0)))
         self.batched = int(config.get("max_batch_size", 0)) > 0
-        self.served = ServedModel(settings, args["model_instance_name"], self.max_batch_size, device_id)
-        self.input_names = self.served.model.input_names
-        labels = {
-            "model": args["model_name"],
-            "instance": args["model_instance_name"],
-            "device": self.served.device_name,
-        }
+        key = args["model_instance_name"]
+        if (params.get("process") or "shared").strip() == "shared":
+            from deepplan_backend.hosting.host_client import HostedModel
+
+            hosted = HostedModel(params, model_dir, key, self.max_batch_size, device_id)
+            self.served: HostedModel | ServedModel = hosted
+            info = hosted.info
+            where = f"engine host pid {info.get('pid')}"
+        else:  # process: instance (anything else is refused by ServeSettings with the accepted values)
+            from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
+
+            settings = ServeSettings.from_parameters(params, model_dir=model_dir)
+            local = ServedModel(settings, key, self.max_batch_size, device_id)
+            self.served = local
+            info = local.describe()
+            where = "this stub"
+        labels = {"model": args["model_name"], "instance": key, "device": str(info["device_name"])}
         self.metrics = _Metrics(labels)
         self.metrics.sync(0, 0)
-        plan = "planned now" if self.served.planned_now else "plan from repository"
+        plan = "planned now" if info["planned_now"] else "plan from repository"
         print(
-            f"deepplan: {args['model_instance_name']} ready: {self.served.model.name} {settings.dtype} "
-            f"engine={settings.engine} devices={[str(d) for d in self.served.devices]} "
-            f"({plan if self.served.plan is not None else 'no plan needed'}), "
-            f"{self.served.need_bytes} bytes per cold start, device empty",
+            f"deepplan: {key} ready: {info['model']} {info['dtype']} engine={info['engine']} "
+            f"devices={info['devices']} in {where} ({plan if info['has_plan'] else 'no plan needed'}), "
+            f"{info['need_bytes']} bytes per cold start, device empty",
             flush=True,
         )
 
     def _arrays(self, request) -> dict[str, np.ndarray | None]:
-        from torch.utils.dlpack import from_dlpack
-
         arrays: dict[str, np.ndarray | None] = {}
         for tensor in request.inputs():
-            # Through DLPack and torch, not `as_numpy()`: the stub's NumPy view is built for NumPy 1's ABI
-            # (see `_output`); torch converts with the NumPy actually installed.
-            a = from_dlpack(tensor.to_dlpack()).numpy()
+            a = _as_numpy(tensor)
             arrays[tensor.name()] = a if self.batched else a[None]
         return arrays
 
     def execute(self, requests):
         """One response per request, in order; invalid requests get their own error."""
-        from deepplan_backend.runtime.served_model import RequestError
-
-        responses: list = [None] * len(requests)
-        groups: dict[tuple, list[tuple[int, dict]]] = {}
-        for i, request in enumerate(requests):
-            try:
-                inputs = self.served.validate(self._arrays(request))
-            except RequestError as exc:
-                responses[i] = _error(str(exc), pb_utils.TritonError.INVALID_ARG)
+        answers = self.served.answer([self._arrays(r) for r in requests])
+        responses = []
+        for answer in answers:
+            if answer.error is not None:
+                code = pb_utils.TritonError.INVALID_ARG if answer.invalid else pb_utils.TritonError.UNAVAILABLE
+                responses.append(_error(answer.error, code))
                 continue
-            signature = tuple((k, tuple(v.shape[1:])) for k, v in sorted(inputs.items()))
-            groups.setdefault(signature, []).append((i, inputs))
-        for members in groups.values():
-            self._run_group(members, responses)
-        self.metrics.sync(self.served.evictions, self.served.resident_bytes)
-        return responses
-
-    def _run_group(self, members: list[tuple[int, dict]], responses: list) -> None:
-        import torch
-
-        names = members[0][1].keys()
-        batch = {k: torch.cat([inputs[k] for _, inputs in members]) for k in names}
-        try:
-            output, cold, provision_ms = self.served.infer(batch)
-        except Exception as exc:  # cold start failed, budget cannot fit, ...: every member gets the reason
-            msg = f"{self.served.key}: {type(exc).__name__}: {exc}"
-            for i, _ in members:
-                responses[i] = _error(msg, pb_utils.TritonError.UNAVAILABLE)
-            return
-        if cold:
-            self.metrics.cold_start(provision_ms)
-        out = output.to(torch.float32)
-        start = 0
-        for i, inputs in members:
-            n = next(iter(inputs.values())).shape[0]
-            rows = out[start : start + n]
-            # Every request of a cold batch waited for the provisioning: each row says so.
-            flags = torch.tensor([[1.0 if cold else 0.0, provision_ms]], dtype=torch.float32).repeat(n, 1)
-            start += n
+            if answer.cold:
+                self.metrics.cold_start(answer.provision_ms)
+            rows, flags = answer.output, answer.cold_start_rows()
             if not self.batched:
                 rows, flags = rows[0], flags[0]
-            responses[i] = pb_utils.InferenceResponse(
-                output_tensors=[_output("output", rows), _output("cold_start", flags)]
+            responses.append(
+                pb_utils.InferenceResponse(output_tensors=[_output("output", rows), _output("cold_start", flags)])
             )
+        status = self.served.status()
+        self.metrics.sync(status.evictions, status.resident_bytes)
+        return responses
 
     def finalize(self) -> None:
         """Model unload: give the device memory and the budget back."""
@@ -166,16 +151,30 @@ class TritonPythonModel:
             served.close()
 
 
-def _output(name: str, tensor: object) -> object:
-    """An output tensor handed over through DLPack, not NumPy.
+def _as_numpy(tensor: object) -> np.ndarray:
+    """An input tensor as a NumPy array through DLPack and torch, not the stub's `as_numpy()`.
+
+    The stub's NumPy view is built for NumPy 1's ABI (see `_output`); torch converts with the NumPy actually
+    installed. `np.from_dlpack` is no way round it: the stub renames consumed capsules to the non-standard
+    ``used_dlpack``, which NumPy's capsule deleter rejects (the stub then dies). Importing torch here costs host
+    memory and start-up time, not a CUDA context: CPU tensors never initialise CUDA.
+    """
+    from torch.utils.dlpack import from_dlpack
+
+    return from_dlpack(tensor.to_dlpack()).numpy().copy()  # type: ignore[attr-defined]
+
+
+def _output(name: str, array: np.ndarray) -> object:
+    """An output tensor handed over through DLPack (torch's capsule), not NumPy's C API.
 
     The Python backend stub is built against NumPy 1's ABI: on a host with NumPy 2 (seen on the H200 machine,
     where NumPy 2.5 was installed beside nvidia-pytriton without its `numpy<2` pin) outputs made from NumPy
-    arrays reached clients empty. DLPack does not go through NumPy at all.
+    arrays reached clients empty.
     """
+    import torch
     from torch.utils.dlpack import to_dlpack
 
-    return pb_utils.Tensor.from_dlpack(name, to_dlpack(tensor.contiguous()))  # type: ignore[attr-defined]
+    return pb_utils.Tensor.from_dlpack(name, to_dlpack(torch.from_numpy(np.ascontiguousarray(array))))  # type: ignore[attr-defined]
 
 
 def _error(message: str, code) -> object:

@@ -5,8 +5,9 @@
 
 Every generated model is its own Triton model (own endpoint, statistics, load/unload) with ``backend: "deepplan"``.
 Instances of the same (model, dtype, seed) that live in ONE process share one pinned host copy of the weights
-(`prepared.prepare_shared`). Triton's Python backend runs one stub process per model instance, so across
-stubs each process packs its own host copy: N instances cost N host copies today (see the README).
+(`prepared.prepare_shared`). With ``process: shared`` (the default) that process is the engine host of the
+model's target GPU, so N instances spread over G GPUs cost G host copies; with ``process: instance`` each
+stub packs its own.
 """
 
 from __future__ import annotations
@@ -121,15 +122,11 @@ def make_instances(
         params = dict(parameters or {})
         if gpus > 0:
             params.setdefault("devices", "auto")
+            # KIND_CPU with the GPU as a parameter, not KIND_GPU: the front end then never touches CUDA (the
+            # engine host of that GPU does the device work), so 200 models cost no 200 CUDA contexts.
+            params.setdefault("target_gpu", str(i % gpus))
         name = f"{prefix}-{i:0{width}d}"
-        text = config_pbtxt(
-            name,
-            model,
-            max_batch_size=max_batch_size,
-            parameters=params,
-            kind="KIND_GPU" if gpus > 0 else "KIND_CPU",
-            gpus=(i % gpus,) if gpus > 0 else (),
-        )
+        text = config_pbtxt(name, model, max_batch_size=max_batch_size, parameters=params)
         folders.append(write_model(out, name, text))
     return folders
 
@@ -153,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     inst.add_argument("--count", type=int, required=True)
     inst.add_argument("--out", type=Path, required=True)
     inst.add_argument("--prefix")
-    inst.add_argument("--gpus", type=int, default=0, help="spread instances over this many GPUs (KIND_GPU)")
+    inst.add_argument(
+        "--gpus", type=int, default=0, help="spread instances round-robin over this many GPUs (parameter target_gpu)"
+    )
     inst.add_argument("--max-batch-size", type=int, default=8)
     inst.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="deepplan parameter")
     rep = sub.add_parser("make-repository", help="one model per zoo name")

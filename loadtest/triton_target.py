@@ -17,7 +17,6 @@ files call it at import time; this module does not (it must stay importable with
 from __future__ import annotations
 
 import importlib
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any

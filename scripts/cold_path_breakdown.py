@@ -64,8 +64,10 @@ def main() -> None:
                 phases[name].append(v * 1e3)
             phases["engine"].append(res.latency_ms)
         del t6
-    print(f"{args.model} {args.engine} d={args.devices} chunks={len(layout.jobs)} "
-          + " ".join(f"{k}={statistics.median(v):.3f}" for k, v in phases.items()))
+    print(
+        f"{args.model} {args.engine} d={args.devices} chunks={len(layout.jobs)} "
+        + " ".join(f"{k}={statistics.median(v):.3f}" for k, v in phases.items())
+    )
 
 
 if __name__ == "__main__":

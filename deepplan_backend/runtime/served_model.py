@@ -6,6 +6,7 @@
     served = ServedModel(cfg, key="bert_0_0", max_batch_size=8)   # host weights + plan; device left empty
     inputs = served.validate({"input_ids": array, ...})              # RequestError with a clear message
     output, cold, provision_ms = served.infer(inputs)                 # cold start per plan, or warm
+    answers = served.answer([arrays, ...])                            # Triton's requests: validate, batch, run
 
 Nothing here imports Triton, so it is usable (and tested) on its own.
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .answer import Answer, ModelStatus
 from .engine import ColdStartEngine
 from .path_policy import PathPolicy, PathPolicyError
 from .plan import ENGINES, Plan, PlanError
@@ -76,6 +78,8 @@ class ServeSettings:
     seed: int = 0
     plan_batch: int = 1
     graphs: bool = False  # replay cold and warm forwards as CUDA graphs (GPU only; off until verified by default)
+    process: str = "shared"  # shared: run in the per-GPU engine host (deepplan_backend.hosting); instance: in the stub
+    target_gpu: int | None = None  # the target GPU of `devices auto` for a KIND_CPU front end (else Triton's GPU id)
     extra: Mapping[str, str] = field(default_factory=dict)
     path_policy: PathPolicy | None = None  # set when served from a model folder: paths stay inside its roots
 
@@ -92,7 +96,10 @@ class ServeSettings:
         "seed",
         "plan_batch",
         "graphs",
+        "process",
+        "target_gpu",
     )
+    PROCESSES = ("shared", "instance")
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, str], model_dir: Path | None = None) -> ServeSettings:
@@ -138,8 +145,18 @@ class ServeSettings:
             seed=_positive_int(params, "seed", minimum=0) or 0,
             plan_batch=_positive_int(params, "plan_batch") or 1,
             graphs=_parse_bool(params, "graphs"),
+            process=parse_process(params),
+            target_gpu=_positive_int(params, "target_gpu", minimum=0),
             path_policy=policy,
         )
+
+
+def parse_process(params: Mapping[str, str]) -> str:
+    """The ``process`` parameter: ``shared`` (default) or ``instance``."""
+    text = (params.get("process") or "shared").strip()
+    if text not in ServeSettings.PROCESSES:
+        raise ConfigError(f"parameter process: {text!r}; choose one of {', '.join(ServeSettings.PROCESSES)}")
+    return text
 
 
 def _confine(
@@ -207,7 +224,9 @@ def choose_devices(settings: ServeSettings, instance_device: int | None) -> list
         return resolve_devices(list(settings.devices))
     if not torch.cuda.is_available():
         return resolve_devices(None)
-    target = instance_device or 0
+    target = instance_device if instance_device is not None else (settings.target_gpu or 0)
+    if target >= torch.cuda.device_count():
+        raise ConfigError(f"target GPU {target} does not exist ({torch.cuda.device_count()} visible)")
     if settings.engine == "demand":
         return resolve_devices([target])
     peers = [
@@ -279,7 +298,13 @@ class ServedModel:
         max_batch_size: int,
         instance_device: int | None = None,
         residency: Residency | None = None,
+        exec_lock: threading.Lock | None = None,
     ) -> None:
+        """Prepare host weights and the plan and register with the residency; the device stays empty.
+
+        `exec_lock` serialises device work with other models of this process (an engine host runs many);
+        by default the model has its own.
+        """
         self.settings = settings
         self.key = key
         self.max_batch_size = max_batch_size
@@ -301,6 +326,7 @@ class ServedModel:
         self.device_name = str(self.devices[0])
         self.evictions = 0
         self._lock = threading.Lock()
+        self._exec_lock = exec_lock or threading.Lock()
         self.residency = residency or Residency(settings.residency_dir)
         budget = settings.budget if settings.budget is not None else default_budget(self.devices[0], settings.reserve)
         self.residency.register(key, self.device_name, budget, self._evict)
@@ -380,7 +406,7 @@ class ServedModel:
         self.residency.acquire(self.key, self.need_bytes)
         resident = 0
         try:
-            with self._lock:
+            with self._lock, self._exec_lock:
                 result = self.engine.infer(inputs, self.schedule, self.overlap)
                 resident = self.engine.resident_bytes
         finally:
@@ -388,11 +414,63 @@ class ServedModel:
         provision_ms = (time.perf_counter() - start) * 1e3 if result.cold else 0.0
         return result.output, result.cold, provision_ms
 
+    def answer(self, requests: list[Mapping[str, np.ndarray | None]]) -> list[Answer]:
+        """One `Answer` per request, in order.
+
+        Invalid requests get their own error; valid ones with the same shape run as one batch (a cold start per
+        plan if the model is not resident).
+        """
+        answers: list[Answer | None] = [None] * len(requests)
+        groups: dict[tuple, list[tuple[int, dict[str, torch.Tensor]]]] = {}
+        for i, arrays in enumerate(requests):
+            try:
+                inputs = self.validate(arrays)
+            except RequestError as exc:
+                answers[i] = Answer(error=str(exc), invalid=True)
+                continue
+            signature = tuple((k, tuple(v.shape[1:])) for k, v in sorted(inputs.items()))
+            groups.setdefault(signature, []).append((i, inputs))
+        for members in groups.values():
+            names = members[0][1].keys()
+            batch = {k: torch.cat([inputs[k] for _, inputs in members]) for k in names}
+            try:
+                output, cold, provision_ms = self.infer(batch)
+            except Exception as exc:  # cold start failed, budget cannot fit, ...: every member gets the reason
+                for i, _ in members:
+                    answers[i] = Answer(error=f"{self.key}: {type(exc).__name__}: {exc}")
+                continue
+            rows = output.to(torch.float32).numpy()
+            start = 0
+            for i, inputs in members:
+                n = next(iter(inputs.values())).shape[0]
+                answers[i] = Answer(output=rows[start : start + n], cold=cold, provision_ms=provision_ms)
+                start += n
+        return [a if a is not None else Answer(error="not answered") for a in answers]
+
+    def status(self) -> ModelStatus:
+        """Evictions so far and device bytes held now."""
+        return ModelStatus(self.evictions, self.engine.resident_bytes)
+
+    def describe(self) -> dict[str, object]:
+        """What the Triton log line and the front end need to know about this model."""
+        return {
+            "model": self.model.name,
+            "family": self.model.family,
+            "dtype": self.settings.dtype,
+            "engine": self.settings.engine,
+            "devices": [str(d) for d in self.devices],
+            "device_name": self.device_name,
+            "input_names": list(self.model.input_names),
+            "planned_now": self.planned_now,
+            "has_plan": self.plan is not None,
+            "need_bytes": self.need_bytes,
+        }
+
     # ---- residency ----------------------------------------------------------------------------------------------
 
     def _evict(self) -> None:
         """Called by the residency listener (another thread) when this idle model must give its memory back."""
-        with self._lock:
+        with self._lock, self._exec_lock:
             if self.engine.is_resident:
                 self.engine.evict()
                 self.evictions += 1
@@ -404,6 +482,6 @@ class ServedModel:
 
     def close(self) -> None:
         """Evict and leave the residency (model unload)."""
-        with self._lock:
+        with self._lock, self._exec_lock:
             self.engine.evict()
         self.residency.unregister(self.key)

@@ -155,21 +155,24 @@ def build_repository(
     dev: Devices,
     params: dict[str, str],
 ) -> None:
-    """One deepplan model per instance; round-robin over the GPUs (``KIND_GPU``), or ``KIND_CPU``."""
+    """One deepplan model per instance, round-robin over the GPUs (parameter ``target_gpu``) or on the CPU.
+
+    Front ends are ``KIND_CPU`` either way: with ``process: shared`` (the default) the GPU work runs in the
+    target GPU's engine host, so the stubs hold no CUDA context.
+    """
     from deepplan_backend.repository import config_pbtxt, family_of, write_model
 
     engine = ENGINES[variant][0]
     for i, inst in enumerate(instances):
         p = {"engine": engine, "devices": device_param(variant, i, dev), **params}
+        if dev.gpu_ids:
+            p.setdefault("target_gpu", str(dev.gpu_ids[i % len(dev.gpu_ids)]))
         if family_of(inst.model) == "resnet":
             p.pop("seq_len", None)  # image models have no sequence
-        gpus = (dev.gpu_ids[i % len(dev.gpu_ids)],) if dev.gpu_ids else ()
         text = config_pbtxt(
             inst.name,
             inst.model,
             parameters=p,
-            kind="KIND_GPU" if gpus else "KIND_CPU",
-            gpus=gpus,
             queue_delay_us=0,  # latency is measured: no artificial batching wait
         )
         write_model(repo, inst.name, text)

@@ -201,10 +201,46 @@ def test_bad_requests_get_clear_errors(server, model, arrays, needle):
     np.testing.assert_allclose(out, reference("tiny-bert", input_ids=ids()), rtol=1e-4, atol=1e-5)
 
 
-def test_killed_stub_leaks_no_budget_and_server_recovers(server):
+def test_models_share_one_engine_host(server):
+    """process: shared (the default): every model's device work runs in one engine host, not in its stub."""
+    snap = Residency(server.state_dir).snapshot()
+    owners = {e["pid"] for e in snap["models"].values()}
+    assert len(snap["models"]) == 5 and len(owners) == 1, snap["models"]
+    (host,) = owners
+    assert "deepplan_backend.hosting.engine_host" in _cmdline(host)
+    assert host not in _children(server.server.pid), "the host runs in its own session, not as a stub"
+
+
+def test_killed_front_end_stub_server_recovers(server):
+    """Kill a model's Triton stub (its front end): the host unregisters it; Triton restarts the stub."""
     x = ids()
     want = reference("tiny-bert", input_ids=x)
-    http_infer(server, "bert-c", input_ids=x)  # bert-c resident, owned by its stub
+    http_infer(server, "bert-a", input_ids=x)
+    (stub,) = [p for p in _children(server.server.pid) if "bert-a_0_0" in _cmdline(p)]
+    os.kill(stub, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+        k.startswith("bert-a_") for k in Residency(server.state_dir).snapshot()["models"]
+    ):
+        time.sleep(0.1)
+    assert not any(k.startswith("bert-a_") for k in Residency(server.state_dir).snapshot()["models"]), (
+        "the host closed the dead front end's model and gave its budget back"
+    )
+    out, _ = http_infer(server, "bert-b", input_ids=x)  # the others keep serving
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+    try:  # the killed model: answered correctly (stub restarted, registered again) or a clear error
+        out, _ = http_infer(server, "bert-a", input_ids=x)
+        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+    except InferenceServerException as exc:
+        assert "stub" in str(exc).lower() or "unhealthy" in str(exc).lower() or "bert-a" in str(exc), str(exc)
+    assert tritonclient_http.InferenceServerClient(server.http_url).is_server_live()
+
+
+def test_killed_engine_host_leaks_no_budget_and_server_recovers(server):
+    """Kill the engine host (the residency owner): its budget comes back, a new host serves every model."""
+    x = ids()
+    want = reference("tiny-bert", input_ids=x)
+    http_infer(server, "bert-c", input_ids=x)  # bert-c resident, owned by the engine host
     snap = Residency(server.state_dir).snapshot()
     (key,) = [k for k in snap["models"] if k.startswith("bert-c_")]
     pid = snap["models"][key]["pid"]
@@ -215,16 +251,31 @@ def test_killed_stub_leaks_no_budget_and_server_recovers(server):
         time.sleep(0.1)
     snap = Residency(server.state_dir).snapshot()
     assert all(e["pid"] != pid for e in snap["models"].values()), "the dead stub's budget was reclaimed"
-    for name in ("bert-a", "bert-b"):  # the others keep serving correctly under the budget
-        out, _ = http_infer(server, name, input_ids=x)
+    # A new host registers each model again; all answer correctly (bert-a's stub was killed by the test above).
+    for name in ("bert-b", "bert-c"):
+        out, cold = http_infer(server, name, input_ids=x)
         np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
-    try:  # the killed model: answered correctly (stub restarted) or a clear error
-        out, _ = http_infer(server, "bert-c", input_ids=x)
-        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
-    except InferenceServerException as exc:
-        assert "stub" in str(exc).lower() or "unhealthy" in str(exc).lower() or "bert-c" in str(exc), str(exc)
+        assert cold[0, 0] == 1, f"{name} cold-starts in the new host"
+    snap = Residency(server.state_dir).snapshot()
+    assert sum(e["bytes"] for e in snap["models"].values()) <= BUDGET
     client = tritonclient_http.InferenceServerClient(server.http_url)
     assert client.is_server_live()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _state(pid: int) -> str:

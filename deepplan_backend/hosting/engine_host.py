@@ -1,0 +1,161 @@
+"""The engine host: one process per target GPU that owns the device work of every deepplan model on it.
+
+    python3 -m deepplan_backend.hosting.engine_host --socket /tmp/deepplan-0/3f..-0.sock
+
+Front ends (`host_client.HostedModel`, inside Triton's per-instance stubs) start it on demand and talk to it
+over a Unix socket (`wire`). Each connection is one Triton model instance: ``register`` builds its
+`ServedModel` here (host weights shared by identical models of this process, plan, residency registration),
+``answer`` runs a batch of its requests, and the connection's end unregisters it. The CUDA contexts of a
+server therefore grow with its GPUs (one host per target GPU, touching the target and its PT peers), not with
+its models.
+
+Device work of all models here is serialised by one lock: eager launches are bound by this process's CPU
+anyway, and a cold start then owns the copy engines it was planned for. The host exits when it has had no
+client for ``--linger-s`` seconds (its server stopped or unloaded every model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .wire import WireError, recv_message, send_message
+
+LINGER_S = 3.0
+
+
+class _Host:
+    """Accepts front ends and serves each on its own thread."""
+
+    def __init__(self, path: Path, linger_s: float) -> None:
+        self.path = path
+        self.linger_s = linger_s
+        self.exec_lock = threading.Lock()
+        self._clients = 0
+        self._idle_since = time.monotonic()
+        self._count_lock = threading.Lock()
+        self._import_lock = threading.Lock()
+
+    def serve_forever(self) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+            self.path.unlink(missing_ok=True)  # a dead host's socket; the spawner holds the spawn lock
+            server.bind(str(self.path))
+            os.chmod(self.path, 0o600)
+            server.listen(1024)
+            server.settimeout(0.5)
+            _say(f"listening on {self.path}")
+            try:
+                while not self._idle_too_long():
+                    try:
+                        conn, _ = server.accept()
+                    except TimeoutError:
+                        continue
+                    conn.settimeout(None)
+                    with self._count_lock:
+                        self._clients += 1
+                    threading.Thread(target=self._serve_client, args=(conn,), daemon=True).start()
+            finally:
+                self.path.unlink(missing_ok=True)
+        _say(f"no model left for {self.linger_s:g} s; exiting")
+
+    def _idle_too_long(self) -> bool:
+        with self._count_lock:
+            return self._clients == 0 and time.monotonic() - self._idle_since > self.linger_s
+
+    def _serve_client(self, conn: socket.socket) -> None:
+        served = None
+        try:
+            with conn:
+                header, _ = recv_message(conn)
+                served = self._register(conn, header)
+                if served is None:
+                    return
+                while True:
+                    header, arrays = recv_message(conn)
+                    if header.get("op") != "answer":
+                        send_message(conn, {"ok": False, "error": f"unknown op {header.get('op')!r}"})
+                        continue
+                    self._answer(conn, served, header, arrays)
+        except WireError:
+            pass  # the front end is gone (model unloaded, stub killed)
+        except Exception:  # a bug here must not take the other models of this host down
+            traceback.print_exc()
+        finally:
+            if served is not None:
+                try:
+                    served.close()
+                except Exception:
+                    traceback.print_exc()
+            with self._count_lock:
+                self._clients -= 1
+                self._idle_since = time.monotonic()
+
+    def _register(self, conn: socket.socket, header: dict[str, Any]) -> Any:
+        if header.get("op") != "register":
+            send_message(conn, {"ok": False, "error": "the first message must be register"})
+            return None
+        with self._import_lock:  # one thread pays PyTorch's import, the others wait for it
+            from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
+        try:
+            settings = ServeSettings.from_parameters(header["params"], model_dir=Path(header["model_dir"]))
+            served = ServedModel(
+                settings,
+                str(header["key"]),
+                int(header["max_batch_size"]),
+                header.get("instance_device"),
+                exec_lock=self.exec_lock,
+            )
+        except Exception as exc:  # bad config, plan refused, device missing: the load fails with this reason
+            send_message(conn, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+            return None
+        send_message(conn, {"ok": True, "info": {**served.describe(), "pid": os.getpid()}})
+        return served
+
+    @staticmethod
+    def _answer(conn: socket.socket, served: Any, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
+        requests: list[dict[str, np.ndarray | None]] = []
+        it = iter(arrays)
+        try:
+            for names in header["requests"]:
+                requests.append({str(name): next(it) for name in names})
+        except (KeyError, TypeError, StopIteration):
+            send_message(conn, {"ok": False, "error": "malformed answer message: inputs do not match arrays"})
+            return
+        answers = served.answer(requests)
+        meta = [
+            {"cold": a.cold, "provision_ms": a.provision_ms, "error": a.error, "invalid": a.invalid} for a in answers
+        ]
+        outputs = [a.output for a in answers if a.output is not None]
+        status = served.status()
+        reply = {"ok": True, "answers": meta, "evictions": status.evictions, "resident_bytes": status.resident_bytes}
+        send_message(conn, reply, outputs)
+
+
+def _say(message: str) -> None:
+    print(f"deepplan engine host (pid {os.getpid()}): {message}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line; see the module docstring."""
+    p = argparse.ArgumentParser(
+        prog="python3 -m deepplan_backend.hosting.engine_host", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--socket", type=Path, required=True, help="Unix socket path to listen on")
+    p.add_argument("--linger-s", type=float, default=LINGER_S, help="exit after this long without a model")
+    args = p.parse_args(argv)
+    _Host(args.socket, args.linger_s).serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""A model's side of the engine host: find or start the host of its target GPU, register, forward requests.
+
+Used by the Triton front end (`deepplan_backend/model.py`) when ``process`` is ``shared`` (the default).
+Imports neither PyTorch nor CUDA: a front end is a small process.
+
+Hosts are per server and per target GPU: the socket lives in a private folder (``$TMPDIR/deepplan-<uid>``,
+mode 0700) under a name derived from the server's residency state folder and the GPU index. The first front
+end to need a host starts it, under a lock file, so concurrent model loads start exactly one. If the host dies,
+the next request reconnects (starting a new host, which registers the model again and cold-starts it) and is
+retried once; requests that still fail get an UNAVAILABLE answer with the reason, and the server stays up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepplan_backend.runtime.answer import Answer, ModelStatus
+from deepplan_backend.runtime.residency import STATE_DIR_ENV, default_state_dir
+
+from .wire import WireError, recv_message, send_message
+
+PYTHON_ENV = "DEEPPLAN_PYTHON"
+"""Interpreter for engine hosts (the Triton stub's own `sys.executable` is the stub binary, not Python)."""
+START_TIMEOUT_S = 120.0
+
+
+class HostError(RuntimeError):
+    """The engine host could not be started or refused the model (the message says why)."""
+
+
+def socket_dir() -> Path:
+    """The private folder of this user's engine-host sockets (created 0700; refused if someone else owns it)."""
+    folder = Path(tempfile.gettempdir()) / f"deepplan-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    st = folder.lstat()
+    if st.st_uid != os.getuid() or not folder.is_dir() or folder.is_symlink() or st.st_mode & 0o077:
+        raise HostError(f"{folder} must be a folder owned by uid {os.getuid()} with mode 0700")
+    return folder
+
+
+def socket_path(state_dir: Path, target: int) -> Path:
+    """The socket of the host serving GPU `target` for the server whose residency state is `state_dir`.
+
+    A digest keeps the path short (Unix socket paths are limited to 107 bytes) and per server.
+    """
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
+    return socket_dir() / f"{digest}-{target}.sock"
+
+
+def python_executable() -> str:
+    """``$DEEPPLAN_PYTHON``, else this interpreter when it is a Python, else ``python3`` on the PATH."""
+    explicit = os.environ.get(PYTHON_ENV)
+    if explicit:
+        return explicit
+    if sys.executable and Path(sys.executable).name.startswith("python"):
+        return sys.executable
+    found = shutil.which("python3")
+    if found is None:
+        raise HostError(f"no Python interpreter to start the engine host; set {PYTHON_ENV}")
+    return found
+
+
+def _connect(path: Path) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+class HostedModel:
+    """One Triton model instance served by its target GPU's engine host.
+
+    Mirrors the parts of `ServedModel` the front end uses: `info` (what `ServedModel.describe` says),
+    `answer`, `status`, `close`.
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, str],
+        model_dir: Path,
+        key: str,
+        max_batch_size: int,
+        instance_device: int | None,
+    ) -> None:
+        self._register_header = {
+            "op": "register",
+            "params": dict(params),
+            "model_dir": str(model_dir),
+            "key": key,
+            "max_batch_size": max_batch_size,
+            "instance_device": instance_device,
+        }
+        self.state_dir = default_state_dir()
+        self.target = instance_device if instance_device is not None else _target_of(params)
+        self.path = socket_path(self.state_dir, self.target)
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._spawned: subprocess.Popen[bytes] | None = None
+        self._status = ModelStatus()
+        self.info: dict[str, Any] = {}
+        self._open()
+
+    # ---- connection ---------------------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Connect (starting the host if there is none) and register; HostError with the host's reason."""
+        sock = self._connect_or_start()
+        try:
+            send_message(sock, self._register_header)
+            reply, _ = recv_message(sock)
+        except (OSError, WireError) as exc:
+            sock.close()
+            raise HostError(f"engine host {self.path} dropped the registration: {exc}") from None
+        if not reply.get("ok"):
+            sock.close()
+            raise HostError(str(reply.get("error", "registration refused")))
+        self.info = dict(reply.get("info") or {})
+        self._sock = sock
+
+    def _connect_or_start(self) -> socket.socket:
+        sock = _connect(self.path)
+        if sock is not None:
+            return sock
+        with open(self.path.with_suffix(".lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent loads: one of them starts the host
+            sock = _connect(self.path)
+            if sock is not None:
+                return sock
+            self._start_host()
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while time.monotonic() < deadline:
+                sock = _connect(self.path)
+                if sock is not None:
+                    return sock
+                if self._spawned is not None and self._spawned.poll() is not None:
+                    raise HostError(f"engine host exited with code {self._spawned.returncode} before listening")
+                time.sleep(0.05)  # start-up only: the host binds its socket before importing PyTorch
+        raise HostError(f"engine host did not listen on {self.path} within {START_TIMEOUT_S:g} s")
+
+    def _start_host(self) -> None:
+        env = dict(os.environ)
+        env[STATE_DIR_ENV] = str(self.state_dir)
+        # The host imports what this stub imports (deepplan_backend lives in Triton's backend folder).
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        cmd = [python_executable(), "-m", "deepplan_backend.hosting.engine_host", "--socket", str(self.path)]
+        # Its own session: the host outlives the stub that started it (other models use it) and is not killed
+        # with that stub's process group; it exits by itself once no model is left.
+        self._spawned = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+        if self._spawned is not None:
+            self._spawned.poll()  # reap a host that exited
+
+    # ---- requests -----------------------------------------------------------------------------------------------
+
+    def answer(self, requests: Sequence[Mapping[str, np.ndarray | None]]) -> list[Answer]:
+        """One `Answer` per request; a lost host is restarted and the batch retried once."""
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    if self._sock is None:
+                        self._open()
+                    assert self._sock is not None
+                    return self._exchange(self._sock, requests)
+                except (OSError, WireError, HostError) as exc:
+                    self._drop()
+                    if attempt == 2:
+                        reason = f"engine host unavailable: {exc}"
+                        return [Answer(error=reason) for _ in requests]
+        raise AssertionError("unreachable")
+
+    def _exchange(self, sock: socket.socket, requests: Sequence[Mapping[str, np.ndarray | None]]) -> list[Answer]:
+        names: list[list[str]] = []
+        arrays: list[np.ndarray] = []
+        for request in requests:
+            present = [(k, v) for k, v in request.items() if v is not None]
+            names.append([k for k, _ in present])
+            arrays += [v for _, v in present]
+        send_message(sock, {"op": "answer", "requests": names}, arrays)
+        reply, outputs = recv_message(sock)
+        if not reply.get("ok"):
+            raise WireError(str(reply.get("error", "the host refused the request")))
+        self._status = ModelStatus(int(reply.get("evictions", 0)), int(reply.get("resident_bytes", 0)))
+        it = iter(outputs)
+        answers = []
+        for meta in reply["answers"]:
+            output = None if meta.get("error") else next(it)
+            answers.append(
+                Answer(
+                    output=output,
+                    cold=bool(meta.get("cold")),
+                    provision_ms=float(meta.get("provision_ms", 0.0)),
+                    error=meta.get("error"),
+                    invalid=bool(meta.get("invalid")),
+                )
+            )
+        return answers
+
+    def status(self) -> ModelStatus:
+        """Evictions and resident bytes as of the last answer."""
+        return self._status
+
+    def close(self) -> None:
+        """Model unload: closing the connection makes the host evict and unregister the model."""
+        with self._lock:
+            self._drop()
+
+
+def _target_of(params: Mapping[str, str]) -> int:
+    """The target GPU of a KIND_CPU front end: ``target_gpu``, else the first of explicit ``devices``, else 0."""
+    text = (params.get("target_gpu") or "").strip()
+    if text.isdigit():
+        return int(text)
+    first = (params.get("devices") or "auto").replace(",", " ").split()
+    return int(first[0]) if first and first[0].isdigit() else 0

@@ -1,0 +1,43 @@
+"""One request's result as the Triton adapter needs it, whichever process computed it.
+
+Torch-free on purpose: the per-model Triton front ends import this (and NumPy) only, so a front end costs no
+CUDA context and no PyTorch import (see `deepplan_backend.hosting`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The output rows of one request and whether it met a cold start, or why it failed.
+
+    ``invalid`` errors are the request's own fault (Triton INVALID_ARG); other errors mean the model could not
+    run it now (UNAVAILABLE: cold start failed, budget cannot fit, engine host gone).
+    """
+
+    output: np.ndarray | None = None  # float32 [B, ...] (B = the request's batch)
+    cold: bool = False
+    provision_ms: float = 0.0
+    error: str | None = None
+    invalid: bool = False
+
+    def cold_start_rows(self) -> np.ndarray:
+        """The ``cold_start`` output: one ``[met a cold start 0/1, provisioning ms]`` row per batch row.
+
+        Every request of a cold batch waited for the provisioning: each row says so.
+        """
+        rows = 0 if self.output is None else self.output.shape[0]
+        flags = np.array([[1.0 if self.cold else 0.0, self.provision_ms]], dtype=np.float32)
+        return np.repeat(flags, rows, axis=0)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """Counters a front end publishes as metrics after each batch."""
+
+    evictions: int = 0
+    resident_bytes: int = 0
