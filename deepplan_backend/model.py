@@ -152,29 +152,17 @@ class TritonPythonModel:
 
 
 def _as_numpy(tensor: object) -> np.ndarray:
-    """An input tensor as a NumPy array through DLPack and torch, not the stub's `as_numpy()`.
+    """An input tensor as a NumPy array, copied out of its DLPack capsule (see `deepplan_backend.dlpack`)."""
+    from deepplan_backend.dlpack import array_from_capsule
 
-    The stub's NumPy view is built for NumPy 1's ABI (see `_output`); torch converts with the NumPy actually
-    installed. `np.from_dlpack` is no way round it: the stub renames consumed capsules to the non-standard
-    ``used_dlpack``, which NumPy's capsule deleter rejects (the stub then dies). Importing torch here costs host
-    memory and start-up time, not a CUDA context: CPU tensors never initialise CUDA.
-    """
-    from torch.utils.dlpack import from_dlpack
-
-    return from_dlpack(tensor.to_dlpack()).numpy().copy()  # type: ignore[attr-defined]
+    return array_from_capsule(tensor.to_dlpack())  # type: ignore[attr-defined]
 
 
 def _output(name: str, array: np.ndarray) -> object:
-    """An output tensor handed over through DLPack (torch's capsule), not NumPy's C API.
+    """An output tensor handed over as a DLPack capsule, not through the stub's NumPy 1 ABI."""
+    from deepplan_backend.dlpack import capsule_from_array
 
-    The Python backend stub is built against NumPy 1's ABI: on a host with NumPy 2 (seen on the H200 machine,
-    where NumPy 2.5 was installed beside nvidia-pytriton without its `numpy<2` pin) outputs made from NumPy
-    arrays reached clients empty.
-    """
-    import torch
-    from torch.utils.dlpack import to_dlpack
-
-    return pb_utils.Tensor.from_dlpack(name, to_dlpack(torch.from_numpy(np.ascontiguousarray(array))))  # type: ignore[attr-defined]
+    return pb_utils.Tensor.from_dlpack(name, capsule_from_array(array))  # type: ignore[attr-defined]
 
 
 def _error(message: str, code) -> object:

@@ -262,6 +262,8 @@ def server_command(
         f"--grpc-restricted-protocol={restricted}",
         f"--backend-config=python,shm-region-prefix-name={shm_prefix or _shm_prefix()}",
         f"--exit-timeout-secs={max(1, int(cfg.grace_s))}",
+        # Loading a model starts a stub process: with the default 4 threads, 200 models load 4 at a time.
+        f"--model-load-thread-count={max(4, os.cpu_count() or 4)}",
         f"--log-verbose={cfg.log_verbose}",
     ]
     return cmd + list(cfg.extra_args)

@@ -1,0 +1,280 @@
+r"""How many deepplan models one Triton server holds, and what each added model costs on the GPUs.
+
+    python3 -m benchmark.triton_scale --model bert-base --points shared:4 shared:200 instance:4 instance:8 \
+        --budget 2GiB --out results/scale
+
+A point ``PROCESS:N`` starts the real ``tritonserver`` with N deepplan models of ``--model`` spread round-robin
+over the GPUs (``process: shared``: engine hosts per GPU; ``instance``: each Triton stub does its own device
+work), waits until all are ready, and records the GPUs' used memory (``nvidia-smi``) before the start, after
+every model is loaded (nothing resident yet), and after one request to every model (resident models capped by
+the per-GPU budget), plus the host memory of the server's processes. Every answer is compared with the plain
+model computed here. Per added model = (used after load at N2 - at N1) / (N2 - N1) for two points of one
+process mode: device memory a model costs beyond its resident weights.
+
+Outputs: ``<out>/scale.csv`` and ``.json`` (one row per point), each point's server log in
+``<out>/<process>-n<N>.log``; a table at the end. Exit code 0 when every point ran with all answers right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadtest.experiments import allow_paths, free_ports, now_iso, say, wait_models_ready, write_rows
+
+
+def gpu_used_mib() -> list[int] | None:
+    """Used memory per GPU from ``nvidia-smi`` (no CUDA context in this process), or None without GPUs."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        return None
+    return [int(x) for x in out.stdout.split()]
+
+
+def _rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def process_memory(server_pid: int) -> dict[str, float]:
+    """Resident host memory (MiB) of the server, its stubs and this user's engine hosts."""
+    stubs = [int(p) for p in Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()]
+    hosts = [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and "deepplan_backend.hosting.engine_host" in _cmdline(int(p.name))
+    ]
+    stub_rss = [_rss_mib(p) for p in stubs]
+    return {
+        "server_rss_mib": _rss_mib(server_pid),
+        "stubs": len(stubs),
+        "stub_rss_mib_median": float(np.median(stub_rss)) if stub_rss else 0.0,
+        "stubs_rss_mib": sum(stub_rss),
+        "engine_hosts": len(hosts),
+        "hosts_rss_mib": sum(_rss_mib(p) for p in hosts),
+    }
+
+
+def reference_output(model: str, ids: np.ndarray) -> np.ndarray:
+    """The plain zoo model's output for ``ids`` on this machine's CPU."""
+    import torch
+
+    from deepplan_backend.runtime.zoo import load_model
+
+    module = load_model(model).module
+    with torch.inference_mode():
+        return module(input_ids=torch.from_numpy(ids)).float().numpy()
+
+
+def run_point(args: argparse.Namespace, process: str, count: int, ids: np.ndarray, want: np.ndarray) -> dict[str, Any]:
+    """One server start with `count` models in `process` mode; the measured row."""
+    from deepplan_backend import serve
+    from deepplan_backend.repository import make_instances
+
+    row: dict[str, Any] = {"process": process, "instances": count, "model": args.model, "error": ""}
+    gpus = gpu_used_mib()
+    n_gpus = len(gpus) if gpus else 0
+    row["gpus"] = n_gpus
+    row["gpu_used_before_mib"] = sum(gpus) if gpus else None
+    with tempfile.TemporaryDirectory(prefix="deepplan-scale-") as work:
+        repo, state = Path(work) / "repo", (args.out / f"residency-{process}-n{count}").resolve()
+        params = {
+            "engine": "deepplan",
+            "process": process,
+            "plan_repository": str(args.plans.resolve()),
+            "residency_dir": str(state),
+            "seq_len": str(ids.shape[1]),
+        }
+        if args.budget:
+            params["budget"] = args.budget
+        names = [f.name for f in make_instances(args.model, count, repo, gpus=n_gpus, parameters=params)]
+        http, grpc, metrics = free_ports(3)
+        cfg = serve.ServeConfig(
+            admin_token=secrets.token_urlsafe(16),
+            model_repository=repo,
+            http_port=http,
+            grpc_port=grpc,
+            metrics_port=metrics,
+            ready_timeout_s=args.ready_timeout,
+            grace_s=30.0,
+        )
+        log = (args.out / f"{process}-n{count}.log").open("w")
+        server = serve.TritonServer(cfg, log_sink=log.write)
+        t0 = time.monotonic()
+        try:
+            server.start()
+            server.wait_ready()
+            wait_models_ready(cfg.url("HTTP"), names, args.ready_timeout, lambda: server.poll() is None)
+            row["ready_s"] = round(time.monotonic() - t0, 1)
+            time.sleep(2.0)  # let lazily started host threads settle before reading memory
+            loaded = gpu_used_mib()
+            row["gpu_used_loaded_mib"] = sum(loaded) if loaded else None
+            row.update(process_memory(server.pid))
+            say(f"{process}:{count}: all models ready in {row['ready_s']} s; GPUs used {loaded} MiB")
+            row.update(_serve_each(cfg.url("gRPC"), names, ids, want))
+            served = gpu_used_mib()
+            row["gpu_used_served_mib"] = sum(served) if served else None
+            say(
+                f"{process}:{count}: {row['answers']} answers, {row['wrong']} wrong, cold p50 {row['cold_p50_ms']} ms;"
+                f" GPUs used {served} MiB"
+            )
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+            say(f"{process}:{count}: FAILED: {row['error']}")
+        finally:
+            server.stop()
+            log.close()
+    time.sleep(5.0)  # engine hosts linger a few seconds after their last model
+    after = gpu_used_mib()
+    row["gpu_used_after_stop_mib"] = sum(after) if after else None
+    return row
+
+
+def _serve_each(url: str, names: Sequence[str], ids: np.ndarray, want: np.ndarray) -> dict[str, Any]:
+    """One request to every model in order; correctness and client-side cold latency."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    cold_ms, wrong, errors = [], 0, 0
+    for i, name in enumerate(names):
+        inp = grpcclient.InferInput("input_ids", list(ids.shape), "INT64")
+        inp.set_data_from_numpy(ids)
+        outs = [grpcclient.InferRequestedOutput("output"), grpcclient.InferRequestedOutput("cold_start")]
+        start = time.perf_counter()
+        try:
+            result = client.infer(name, [inp], outputs=outs, client_timeout=120.0)
+        except Exception as exc:
+            errors += 1
+            say(f"  {name}: {exc}")
+            continue
+        ms = (time.perf_counter() - start) * 1e3
+        if result.as_numpy("cold_start")[0, 0] == 1:
+            cold_ms.append(ms)
+        if not np.allclose(result.as_numpy("output"), want, rtol=1e-3, atol=1e-3):
+            wrong += 1
+        if (i + 1) % 50 == 0:
+            say(f"  {i + 1}/{len(names)} models answered")
+    client.close()
+    return {
+        "answers": len(names) - errors,
+        "errors": errors,
+        "wrong": wrong,
+        "cold_starts": len(cold_ms),
+        "cold_p50_ms": round(float(np.median(cold_ms)), 2) if cold_ms else None,
+    }
+
+
+def per_model_overhead(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """MiB of GPU memory per added model (all GPUs together), per process mode with two or more points."""
+    out = {}
+    for process in dict.fromkeys(r["process"] for r in rows):
+        pts = sorted(
+            (r["instances"], r["gpu_used_loaded_mib"])
+            for r in rows
+            if r["process"] == process and r.get("gpu_used_loaded_mib") is not None and not r["error"]
+        )
+        if len(pts) >= 2 and pts[-1][0] > pts[0][0]:
+            out[process] = round((pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0]), 2)
+    return out
+
+
+def parse_points(texts: Sequence[str]) -> list[tuple[str, int]]:
+    """``shared:200`` -> ("shared", 200)."""
+    points = []
+    for text in texts:
+        process, _, n = text.partition(":")
+        if process not in ("shared", "instance") or not n.isdigit() or int(n) < 1:
+            raise argparse.ArgumentTypeError(f"point {text!r}: expected shared:N or instance:N with N >= 1")
+        points.append((process, int(n)))
+    return points
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line; see the module docstring."""
+    p = argparse.ArgumentParser(prog="python3 -m benchmark.triton_scale", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="bert-base", help="zoo text model every instance serves (default bert-base)")
+    p.add_argument(
+        "--points", nargs="+", default=["shared:4", "shared:200"], help="PROCESS:N (default shared:4 shared:200)"
+    )
+    p.add_argument("--seq-len", type=int, default=384, help="tokens per request (default 384)")
+    p.add_argument("--budget", default="", help="per-GPU residency budget, e.g. 2GiB (default: device memory)")
+    p.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for all models")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    args = p.parse_args(argv)
+    try:
+        points = parse_points(args.points)
+    except argparse.ArgumentTypeError as exc:
+        p.error(str(exc))
+    if "resnet" in args.model:
+        p.error("--model: a text model (requests are token ids)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.plans = args.out / "plans"
+    args.plans.mkdir(exist_ok=True)
+    allow_paths(args.plans, args.out)
+    ids = np.random.default_rng(0).integers(100, 1000, (1, args.seq_len), dtype=np.int64)
+    want = reference_output(args.model, ids)
+    rows = []
+    for process, count in points:
+        say(f"== {process}:{count}: {count} x {args.model}")
+        rows.append({"date": now_iso(), **run_point(args, process, count, ids, want)})
+    overhead = per_model_overhead(rows)
+    for row in rows:
+        row["gpu_mib_per_added_model"] = overhead.get(row["process"])
+    csv_path, json_path = write_rows(
+        rows, args.out / "scale.csv", {"command": sys.argv, "per_added_model_mib": overhead}
+    )
+    keys = (
+        "process",
+        "instances",
+        "ready_s",
+        "gpu_used_before_mib",
+        "gpu_used_loaded_mib",
+        "gpu_used_served_mib",
+        "stub_rss_mib_median",
+        "engine_hosts",
+        "answers",
+        "wrong",
+        "cold_p50_ms",
+        "error",
+    )
+    print(" ".join(f"{k:>20}" for k in keys))
+    for row in rows:
+        print(" ".join(f"{str(row.get(k, '-')):>20}" for k in keys))
+    for process, mib in overhead.items():
+        print(f"GPU memory per added model ({process}): {mib} MiB (all GPUs together)")
+    print(f"wrote {csv_path} and {json_path}")
+    ok = all(not r["error"] and r.get("wrong") == 0 and r.get("errors") == 0 for r in rows)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
