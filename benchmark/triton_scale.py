@@ -138,7 +138,7 @@ def run_point(args: argparse.Namespace, process: str, count: int, ids: np.ndarra
             time.sleep(2.0)  # let lazily started host threads settle before reading memory
             loaded = gpu_used_mib()
             row["gpu_used_loaded_mib"] = sum(loaded) if loaded else None
-            row.update(process_memory(server.pid))
+            row.update(process_memory(server.pid or 0))
             say(f"{process}:{count}: all models ready in {row['ready_s']} s; GPUs used {loaded} MiB")
             row.update(_serve_each(cfg.url("gRPC"), names, ids, want))
             served = gpu_used_mib()

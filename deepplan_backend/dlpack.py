@@ -99,7 +99,7 @@ def array_from_capsule(capsule: object) -> np.ndarray:
     if nbytes == 0:
         return np.zeros(shape, dtype=dtype)
     raw = (ctypes.c_char * nbytes).from_address(t.data + t.byte_offset)
-    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+    return np.frombuffer(memoryview(raw), dtype=dtype).reshape(shape).copy()
 
 
 @_DELETER
