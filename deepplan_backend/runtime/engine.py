@@ -10,6 +10,7 @@ and points the module back at host memory.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -140,7 +141,7 @@ class ColdStartEngine:
         """
         start = time.perf_counter()
         cold = self._resident is None
-        with torch.inference_mode():
+        with self._on_target(), torch.inference_mode():
             device_inputs = self._to_device(inputs)
             if cold:
                 layout = self._layout(schedule)
@@ -164,7 +165,8 @@ class ColdStartEngine:
         layout.arena.map()
         self._resident = layout
         try:
-            with torch.inference_mode():  # arena views made inside a request are inference tensors
+            # Arena views made inside a request are inference tensors, hence inference mode here too.
+            with self._on_target(), torch.inference_mode():
                 tokens = self.copier.issue(layout.jobs)
             _apply(layout.binding)
         except BaseException:
@@ -174,6 +176,16 @@ class ColdStartEngine:
         for token in tokens:
             self.copier.wait(token)
         return setup_ms
+
+    def _on_target(self) -> contextlib.AbstractContextManager[object]:
+        """The target GPU current on this thread (its primary context current for driver calls too).
+
+        The copy engine's driver calls run in the current context; from GPU 0's context, a copy into arena
+        memory mapped for GPU 1 only fails with CUDA_ERROR_INVALID_VALUE (seen in Triton with targets 1-3).
+        """
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.cuda.device(self.device)
 
     def evict(self) -> None:
         """Point the model back at host memory and give the device bytes back to the driver."""

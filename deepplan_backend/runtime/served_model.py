@@ -283,6 +283,8 @@ def plan_or_make(prepared: PreparedModel, settings: ServeSettings, devices: list
             created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             plan = make_plan(profile, counts, created)
             save_plan(repo, plan)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # profiling's scratch memory goes back to the driver, not held by the cache
             return plan, True
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

@@ -130,3 +130,24 @@ def test_graph_replay_survives_evict_cycles(name: str) -> None:
     if name in ("tiny-resnet", "resnet50"):
         assert any(g is not None for layout in engine._layouts.values() for g in layout.captured.values())
     engine.close()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_target_other_than_gpu0_from_a_thread_on_gpu0() -> None:
+    """An engine host serves models of one target GPU from threads that last used another GPU."""
+    prepared = prepare("tiny-bert")
+    inputs = prepared.model.example_inputs(1)
+    expected = _reference("tiny-bert", "float32", inputs)
+    order = [1, 0, *range(2, min(4, torch.cuda.device_count()))]
+    engine = ColdStartEngine(prepared.model, prepared.store, [torch.device("cuda", i) for i in order])
+    n = len(prepared.table)
+    for mode, (schedule, overlap) in _schedules(n, prepared.table.nbytes).items():
+        torch.cuda.set_device(0)  # the thread's current device is not the target
+        cold = engine.infer(inputs, schedule, overlap)
+        torch.cuda.set_device(0)
+        warm = engine.infer(inputs, schedule, overlap)
+        assert cold.cold and not warm.cold
+        torch.testing.assert_close(cold.output, expected, rtol=1e-4, atol=1e-4, msg=f"{mode} cold on cuda:1")
+        torch.testing.assert_close(warm.output, expected, rtol=1e-4, atol=1e-4, msg=f"{mode} warm on cuda:1")
+        engine.evict()
+    engine.close()
