@@ -9,14 +9,16 @@ over a Unix socket (`wire`). Each connection is one Triton model instance: ``reg
 server therefore grow with its GPUs (one host per target GPU, touching the target and its PT peers), not with
 its models.
 
-Device work of all models here is serialised by one lock: eager launches are bound by this process's CPU
-anyway, and a cold start then owns the copy engines it was planned for. The host exits when it has had no
+Requests of all models here run on one worker thread: eager launches are bound by this process's CPU anyway,
+a cold start then owns the copy engines it was planned for, and the per-thread state of CUDA libraries (a
+cuBLAS handle and workspace per thread and GPU) exists once, not once per model. The host exits when it has had no
 client for ``--linger-s`` seconds (its server stopped or unloaded every model).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import socket
 import sys
@@ -41,6 +43,7 @@ class _Host:
         self.path = path
         self.linger_s = linger_s
         self.exec_lock = threading.Lock()
+        self.worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepplan-device")
         self._clients = 0
         self._idle_since = time.monotonic()
         self._count_lock = threading.Lock()
@@ -121,8 +124,8 @@ class _Host:
         send_message(conn, {"ok": True, "info": {**served.describe(), "pid": os.getpid()}})
         return served
 
-    @staticmethod
-    def _answer(conn: socket.socket, served: Any, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
+    def _answer(self, conn: socket.socket, served: Any, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
+        worker = self.worker
         requests: list[dict[str, np.ndarray | None]] = []
         it = iter(arrays)
         try:
@@ -131,7 +134,7 @@ class _Host:
         except (KeyError, TypeError, StopIteration):
             send_message(conn, {"ok": False, "error": "malformed answer message: inputs do not match arrays"})
             return
-        answers = served.answer(requests)
+        answers = worker.submit(served.answer, requests).result()
         meta = [
             {"cold": a.cold, "provision_ms": a.provision_ms, "error": a.error, "invalid": a.invalid} for a in answers
         ]

@@ -7,7 +7,7 @@ Hosts are per server and per target GPU: the socket lives in a private folder (`
 mode 0700) under a name derived from the server's residency state folder and the GPU index. The first front
 end to need a host starts it, under a lock file, so concurrent model loads start exactly one. If the host dies,
 the next request reconnects (starting a new host, which registers the model again and cold-starts it) and is
-retried once; requests that still fail get an UNAVAILABLE answer with the reason, and the server stays up.
+retried a few times; requests that still fail get an UNAVAILABLE answer with the reason, and the server stays up.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from .wire import WireError, recv_message, send_message
 PYTHON_ENV = "DEEPPLAN_PYTHON"
 """Interpreter for engine hosts (the Triton stub's own `sys.executable` is the stub binary, not Python)."""
 START_TIMEOUT_S = 120.0
+RETRIES = 4
 
 
 class HostError(RuntimeError):
@@ -176,9 +177,12 @@ class HostedModel:
     # ---- requests -----------------------------------------------------------------------------------------------
 
     def answer(self, requests: Sequence[Mapping[str, np.ndarray | None]]) -> list[Answer]:
-        """One `Answer` per request; a lost host is restarted and the batch retried once."""
+        """One `Answer` per request; a lost host is restarted and the batch retried.
+
+        A host killed a moment ago may still accept on its socket while it dies, hence a few attempts.
+        """
         with self._lock:
-            for attempt in (1, 2):
+            for attempt in range(1, RETRIES + 1):
                 try:
                     if self._sock is None:
                         self._open()
@@ -186,9 +190,10 @@ class HostedModel:
                     return self._exchange(self._sock, requests)
                 except (OSError, WireError, HostError) as exc:
                     self._drop()
-                    if attempt == 2:
+                    if attempt == RETRIES:
                         reason = f"engine host unavailable: {exc}"
                         return [Answer(error=reason) for _ in requests]
+                    time.sleep(0.2 * attempt)
         raise AssertionError("unreachable")
 
     def _exchange(self, sock: socket.socket, requests: Sequence[Mapping[str, np.ndarray | None]]) -> list[Answer]:

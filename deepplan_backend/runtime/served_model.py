@@ -325,6 +325,8 @@ class ServedModel:
         self.schedule, self.overlap = schedule_for(settings.engine, len(self.devices), nbytes, self.plan)
         self.need_bytes = self.schedule.loaded_bytes(nbytes)
         self.engine = ColdStartEngine(self.model, self.prepared.store, self.devices, graphs=settings.graphs)
+        if self.schedule.num_devices > 1 and hasattr(self.engine.copier, "open_peer_links"):
+            self.engine.copier.open_peer_links()
         self.device_name = str(self.devices[0])
         self.evictions = 0
         self._lock = threading.Lock()

@@ -137,6 +137,13 @@ class CudaCopyEngine:
         self._lanes: list[_PeerLane] | None = None
         self._events: Sequence[object] | None = None
 
+    def open_peer_links(self) -> None:
+        """Create the peer lanes now (peer contexts, staging rings, peer access), not in the first cold start.
+
+        Done lazily, the first PT cold start of a process also paid for the peers' CUDA contexts.
+        """
+        self._peer_lanes()
+
     def _peer_lanes(self) -> list[_PeerLane]:
         if self._lanes is None:
             with _lanes_lock:
