@@ -41,9 +41,10 @@ def send_message(sock: socket.socket, header: dict[str, Any], arrays: Sequence[n
     head = json.dumps({**header, "arrays": meta}, separators=(",", ":")).encode()
     if len(head) > MAX_HEADER_BYTES:
         raise WireError(f"header of {len(head)} bytes exceeds {MAX_HEADER_BYTES}")
-    buffers: list[bytes | memoryview] = [_LEN.pack(len(head)), head]
-    buffers += [a.tobytes() for a in contiguous if a.nbytes]
-    sock.sendall(b"".join(buffers))  # one copy, one syscall: requests are small (a 224x224 image is 600 KB)
+    sock.sendall(_LEN.pack(len(head)) + head)
+    for a in contiguous:
+        if a.nbytes:
+            sock.sendall(a.data.cast("B"))  # the array's own memory: no copy of a 600 KB image
 
 
 def recv_message(sock: socket.socket) -> tuple[dict[str, Any], list[np.ndarray]]:

@@ -12,6 +12,7 @@ import os
 import signal
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,6 +210,10 @@ def test_models_share_one_engine_host(server):
     (host,) = owners
     assert "deepplan_backend.hosting.engine_host" in _cmdline(host)
     assert host not in _children(server.server.pid), "the host runs in its own session, not as a stub"
+    http_infer(server, "bert-a", input_ids=ids())  # a front end that has answered, too
+    for stub in _children(server.server.pid):
+        maps = Path(f"/proc/{stub}/maps").read_text()
+        assert "libtorch" not in maps, f"front end {_cmdline(stub)[:80]} loaded PyTorch (no CUDA, no 300 MB)"
 
 
 def test_killed_front_end_stub_server_recovers(server):
