@@ -22,6 +22,7 @@ A model says ``backend: "deepplan"`` and configures itself through ``parameters`
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:  # the front end imports only what its `process` mode needs
     from deepplan_backend.hosting.host_client import HostedModel
     from deepplan_backend.runtime.served_model import ServedModel
 
+METRICS_REFRESH_S = 1.0
+"""How often a model's eviction count and resident bytes are refreshed without a request of its own."""
 PROVISION_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, float("inf"))
 
 
@@ -61,6 +64,7 @@ class _Metrics:
         self.sum = total.Metric(labels=labels)
         self.count = count.Metric(labels=labels)
         self.reported_evictions = 0
+        self.lock = threading.Lock()
 
     def cold_start(self, provision_ms: float) -> None:
         self.cold.increment(1)
@@ -71,11 +75,12 @@ class _Metrics:
                 metric.increment(1)
 
     def sync(self, evictions: int, resident_bytes: int) -> None:
-        """Evictions happen on the residency thread; they are published from the request thread."""
-        if evictions > self.reported_evictions:
-            self.evictions.increment(evictions - self.reported_evictions)
-            self.reported_evictions = evictions
-        self.resident.set(resident_bytes)
+        """Publish the model's eviction count and resident bytes (from the request or the refresh thread)."""
+        with self.lock:
+            if evictions > self.reported_evictions:
+                self.evictions.increment(evictions - self.reported_evictions)
+                self.reported_evictions = evictions
+            self.resident.set(resident_bytes)
 
 
 class TritonPythonModel:
@@ -108,6 +113,10 @@ class TritonPythonModel:
         labels = {"model": args["model_name"], "instance": key, "device": str(info["device_name"])}
         self.metrics = _Metrics(labels)
         self.metrics.sync(0, 0)
+        # Another model's cold start evicts this one without a request here: refresh in the background too.
+        self._stop = threading.Event()
+        self._refresher = threading.Thread(target=self._refresh_metrics, name="deepplan-metrics", daemon=True)
+        self._refresher.start()
         plan = "planned now" if info["planned_now"] else "plan from repository"
         print(
             f"deepplan: {key} ready: {info['model']} {info['dtype']} engine={info['engine']} "
@@ -144,8 +153,19 @@ class TritonPythonModel:
         self.metrics.sync(status.evictions, status.resident_bytes)
         return responses
 
+    def _refresh_metrics(self) -> None:
+        while not self._stop.wait(METRICS_REFRESH_S):
+            try:
+                status = self.served.refresh_status()
+                self.metrics.sync(status.evictions, status.resident_bytes)
+            except Exception as exc:  # metrics must never take the model down
+                print(f"deepplan: metrics refresh failed: {exc}", flush=True)
+
     def finalize(self) -> None:
         """Model unload: give the device memory and the budget back."""
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
         served = getattr(self, "served", None)
         if served is not None:
             served.close()

@@ -5,7 +5,8 @@
 Front ends (`host_client.HostedModel`, inside Triton's per-instance stubs) start it on demand and talk to it
 over a Unix socket (`wire`). Each connection is one Triton model instance: ``register`` builds its
 `ServedModel` here (host weights shared by identical models of this process, plan, residency registration),
-``answer`` runs a batch of its requests, and the connection's end unregisters it. The CUDA contexts of a
+``answer`` runs a batch of its requests, ``status`` reports its evictions and resident bytes, and the
+connection's end unregisters it. The CUDA contexts of a
 server therefore grow with its GPUs (one host per target GPU, touching the target and its PT peers), not with
 its models.
 
@@ -85,10 +86,15 @@ class _Host:
                     return
                 while True:
                     header, arrays = recv_message(conn)
-                    if header.get("op") != "answer":
-                        send_message(conn, {"ok": False, "error": f"unknown op {header.get('op')!r}"})
-                        continue
-                    self._answer(conn, served, header, arrays)
+                    op = header.get("op")
+                    if op == "answer":
+                        self._answer(conn, served, header, arrays)
+                    elif op == "status":  # read-only, off the device thread: answered even mid-request
+                        status = served.status()
+                        reply = {"ok": True, "evictions": status.evictions, "resident_bytes": status.resident_bytes}
+                        send_message(conn, reply)
+                    else:
+                        send_message(conn, {"ok": False, "error": f"unknown op {op!r}"})
         except WireError:
             pass  # the front end is gone (model unloaded, stub killed)
         except Exception:  # a bug here must not take the other models of this host down

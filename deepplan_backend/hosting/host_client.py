@@ -224,7 +224,28 @@ class HostedModel:
         return answers
 
     def status(self) -> ModelStatus:
-        """Evictions and resident bytes as of the last answer."""
+        """Evictions and resident bytes as of the last answer or `refresh_status`."""
+        return self._status
+
+    def refresh_status(self) -> ModelStatus:
+        """Ask the host now (an eviction happens on another model's request); never starts a host.
+
+        Skipped while a request of this model is in flight (its answer brings the status anyway).
+        """
+        if not self._lock.acquire(blocking=False):
+            return self._status
+        try:
+            if self._sock is not None:
+                try:
+                    send_message(self._sock, {"op": "status"})
+                    reply, _ = recv_message(self._sock)
+                except (OSError, WireError):
+                    self._drop()  # the next request reconnects
+                else:
+                    if reply.get("ok"):
+                        self._status = ModelStatus(int(reply.get("evictions", 0)), int(reply.get("resident_bytes", 0)))
+        finally:
+            self._lock.release()
         return self._status
 
     def close(self) -> None:

@@ -455,6 +455,10 @@ class ServedModel:
         """Evictions so far and device bytes held now."""
         return ModelStatus(self.evictions, self.engine.resident_bytes)
 
+    def refresh_status(self) -> ModelStatus:
+        """Same as `status` (this process holds the model); the front end's interface for both layouts."""
+        return self.status()
+
     def describe(self) -> dict[str, object]:
         """What the Triton log line and the front end need to know about this model."""
         return {

@@ -182,6 +182,24 @@ def test_metrics_show_cold_starts_evictions_and_resident_bytes(server):
     assert metric_sum(text, "deepplan_resident_bytes", model="bert-a") == BERT_BYTES
 
 
+def test_an_evicted_models_metrics_update_without_its_own_request(server):
+    for name in ("bert-a", "bert-b", "bert-c"):  # the budget holds two: bert-c's cold start evicts bert-a (LRU)
+        http_infer(server, name, input_ids=ids())
+    before = metric_sum(metrics(server), "deepplan_evictions_total", model="bert-a")
+    http_infer(server, "bert-a", input_ids=ids())  # evicts bert-b
+    http_infer(server, "bert-c", input_ids=ids())
+    http_infer(server, "bert-b", input_ids=ids())  # evicts bert-a, which gets no request after this
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = metrics(server)
+        if metric_sum(text, "deepplan_resident_bytes", model="bert-a") == 0:
+            break
+        time.sleep(0.25)
+    assert metric_sum(text, "deepplan_resident_bytes", model="bert-a") == 0
+    assert metric_sum(text, "deepplan_evictions_total", model="bert-a") >= before + 1
+    assert metric_sum(text, "deepplan_resident_bytes", model="bert-b") == BERT_BYTES
+
+
 BAD = [
     ("bert-a", {"input_ids": ids().astype(np.float32)}, "FP32"),  # wrong dtype (Triton checks the declared type)
     ("bert-a", {"input_ids": ids() + 1000}, "out of range"),
