@@ -32,6 +32,32 @@ import numpy as np
 
 from loadtest.experiments import allow_paths, free_ports, now_iso, say, wait_models_ready, write_rows
 
+COLUMNS = (
+    "date",
+    "model",
+    "process",
+    "instances",
+    "gpus",
+    "ready_s",
+    "gpu_used_before_mib",
+    "gpu_used_loaded_mib",
+    "gpu_used_served_mib",
+    "gpu_used_after_stop_mib",
+    "gpu_mib_per_added_model",
+    "server_rss_mib",
+    "stubs",
+    "stub_rss_mib_median",
+    "stubs_rss_mib",
+    "engine_hosts",
+    "hosts_rss_mib",
+    "answers",
+    "errors",
+    "wrong",
+    "cold_starts",
+    "cold_p50_ms",
+    "error",
+)
+
 
 def gpu_used_mib() -> list[int] | None:
     """Used memory per GPU from ``nvidia-smi`` (no CUDA context in this process), or None without GPUs."""
@@ -66,12 +92,16 @@ def _cmdline(pid: int) -> str:
 
 
 def process_memory(server_pid: int) -> dict[str, float]:
-    """Resident host memory (MiB) of the server, its stubs and this user's engine hosts."""
+    """Resident host memory (MiB) of the server, its stubs and its engine hosts."""
     stubs = [int(p) for p in Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()]
+    from deepplan_backend.hosting.host_client import socket_path
+    from deepplan_backend.runtime.residency import server_state_dir
+
+    ours = socket_path(server_state_dir(server_pid), 0).name.split("-")[0]  # the server's digest, any GPU
     hosts = [
         int(p.name)
         for p in Path("/proc").iterdir()
-        if p.name.isdigit() and "deepplan_backend.hosting.engine_host" in _cmdline(int(p.name))
+        if p.name.isdigit() and "deepplan_backend.hosting.engine_host" in (cmd := _cmdline(int(p.name))) and ours in cmd
     ]
     stub_rss = [_rss_mib(p) for p in stubs]
     return {
@@ -242,16 +272,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     allow_paths(args.plans, args.out)
     ids = np.random.default_rng(0).integers(100, 1000, (1, args.seq_len), dtype=np.int64)
     want = reference_output(args.model, ids)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for process, count in points:
         say(f"== {process}:{count}: {count} x {args.model}")
         rows.append({"date": now_iso(), **run_point(args, process, count, ids, want)})
-    overhead = per_model_overhead(rows)
-    for row in rows:
-        row["gpu_mib_per_added_model"] = overhead.get(row["process"])
-    csv_path, json_path = write_rows(
-        rows, args.out / "scale.csv", {"command": sys.argv, "per_added_model_mib": overhead}
-    )
+        overhead = per_model_overhead(rows)
+        for row in rows:
+            row["gpu_mib_per_added_model"] = overhead.get(row["process"])
+        # After every point: a run cut short keeps what it measured.
+        csv_path, json_path = write_rows(
+            rows, args.out / "scale.csv", {"command": sys.argv, "per_added_model_mib": overhead}, COLUMNS
+        )
     keys = (
         "process",
         "instances",

@@ -68,8 +68,13 @@ def default_state_dir() -> Path:
     env = os.environ.get(STATE_DIR_ENV)
     if env:
         return Path(env)
+    return server_state_dir(os.getppid())
+
+
+def server_state_dir(server_pid: int) -> Path:
+    """The default state folder of the ``tritonserver`` with this pid."""
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-    return base / f"deepplan-residency-{os.getppid()}"
+    return base / f"deepplan-residency-{server_pid}"
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -370,14 +370,16 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def write_rows(rows: Sequence[dict[str, Any]], csv_path: Path, doc: dict[str, Any]) -> tuple[Path, Path]:
-    """``<name>.csv`` (``COLUMNS``) and ``<name>.json`` (``doc`` plus the rows) next to it."""
+def write_rows(
+    rows: Sequence[dict[str, Any]], csv_path: Path, doc: dict[str, Any], columns: Sequence[str] = COLUMNS
+) -> tuple[Path, Path]:
+    """``<name>.csv`` (`columns`, the load-test ones by default) and ``<name>.json`` (``doc`` plus the rows)."""
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: _cell(row.get(k)) for k in COLUMNS})
+            writer.writerow({k: _cell(row.get(k)) for k in columns})
     json_path = csv_path.with_suffix(".json")
     json_path.write_text(json.dumps({**doc, "rows": list(rows)}, indent=2, default=str) + "\n")
     return csv_path, json_path
