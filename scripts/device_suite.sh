@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Every GPU check and experiment of results/README.md in one run on a 4-GPU machine, each step under its own
+# time limit so that one slow step cannot take the others' logs with it. Logs and CSVs go to OUT/logs
+# (default $OUT, else results/device), tarred at the end. Wheels: scripts/device_wheels.sh, installed first.
+#   scripts/device_suite.sh [STEP ...]     steps: tests triton scale fig12 limit (default: all)
+set -uo pipefail
+OUT=${OUT:-results/device}
+L="$OUT/logs"
+mkdir -p "$L"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl > "$L/pip.log" 2>&1
+    export PYTHONPATH="/tmp/site:$PWD" PATH="/tmp/site/bin:$PATH"
+fi
+nvidia-smi > "$L/nvidia-smi.txt" 2>&1
+steps=${*:-tests triton scale fig12 limit}
+run() {  # run NAME SECONDS CMD...
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit}s): $*" | tee -a "$L/steps.log"
+    ( time timeout "$limit" "$@" ) > "$L/$name.log" 2>&1
+    echo "   exit $?" | tee -a "$L/steps.log"
+}
+for step in $steps; do
+    case $step in
+        tests) run gpu_tests 150 python3 -m pytest -q -rs tests/gpu ;;
+        triton) run triton_coldstart 240 python3 -m benchmark.triton_coldstart --out "$L/triton" \
+            --models bert-base resnet50 --instances 8 --budget 2GiB ;;
+        scale) run scale 300 python3 -m benchmark.triton_scale --model bert-base \
+            --points shared:8 shared:200 instance:4 instance:8 --budget 2GiB --out "$L/scale" ;;
+        fig12) run fig12 560 python3 -m loadtest.experiments.sweep --model bert-base --instances 20 40 80 \
+            --engines pipeline deepplan deepplan+pt --devices auto --rate 100 --duration-s 20 --drain-s 5 \
+            --slo-ms 100 --budget 2GiB --out "$L/fig12" ;;
+        limit) run coldstart_limit 560 python3 -m benchmark.coldstart_limit --all --dtypes float32 float16 \
+            -p "$L/plans" -n 8 --warmup 2 -o "$L/coldstart_limit.csv" ;;
+        *) echo "unknown step $step" >&2; exit 2 ;;
+    esac
+done
+tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"

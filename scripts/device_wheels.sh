@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Wheels a GPU machine without a package registry needs to run the Triton and Locust experiments
+# (Python 3.12, x86_64): nvidia-pytriton (tritonserver + Python backend), tritonclient, Locust and their
+# compiled dependencies. Written to DIR (default .whl/); carry that folder to the machine and install with
+#   python3 -m pip install --no-index --no-deps --target /tmp/site DIR/*.whl && export PYTHONPATH=/tmp/site:$PWD
+# The pytriton wheel is slimmed to the Python 3.12 stub (other versions' stubs and the bundled libpython3.13,
+# used only by the 3.13 stub, are dropped) so that everything fits a 64 MiB transfer.
+set -euo pipefail
+DIR=${1:-.whl}
+PY=${PY:-3.12}
+mkdir -p "$DIR"
+get() {
+    python3 -m pip download -q --only-binary=:all: --python-version "$PY" --implementation cp \
+        --platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d "$DIR" "$@"
+}
+get --no-deps nvidia-pytriton==0.7.0 tritonclient==2.73.0 python-rapidjson
+get "locust==$(python3 -c 'import locust; print(locust.__version__)' 2>/dev/null || echo 2.23.1)"
+python3 - "$DIR" "$PY" <<'PYEOF'
+import re, sys, zipfile
+from pathlib import Path
+folder, keep = Path(sys.argv[1]), sys.argv[2]
+for wheel in folder.glob("nvidia_pytriton-*.whl"):
+    def drop(name: str) -> bool:
+        stub = re.search(r"python_backend_stubs/(\d+\.\d+)/", name)
+        return "libpython3-" in name or bool(stub and stub.group(1) != keep)
+    slim = wheel.with_suffix(".slim")
+    with zipfile.ZipFile(wheel) as zin, zipfile.ZipFile(slim, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            if drop(info.filename):
+                continue
+            data = zin.read(info.filename)
+            if info.filename.endswith("RECORD"):
+                data = b"\n".join(l for l in data.split(b"\n") if not drop(l.decode()))
+            zout.writestr(info, data)
+    slim.replace(wheel)
+PYEOF
+du -sh "$DIR"
