@@ -70,6 +70,7 @@ RTOL = ATOL = 1e-3
 COLUMNS = (
     "model",
     "engine",
+    "process",
     "devices",
     "pt",
     "pt_peer_layers",
@@ -100,7 +101,8 @@ COLUMNS = (
 )
 READY_LINE = re.compile(
     r"deepplan: (?P<instance>\S+) ready: (?P<model>\S+) (?P<dtype>\S+) engine=(?P<engine>\S+) "
-    r"devices=\[(?P<devices>[^\]]*)\] \((?P<plan>[^)]*)\), (?P<need>\d+) bytes per cold start"
+    r"devices=\[(?P<devices>[^\]]*)\](?: in (?P<where>engine host pid \d+|this stub))? \((?P<plan>[^)]*)\), "
+    r"(?P<need>\d+) bytes per cold start"
 )
 METRIC_LINE = re.compile(r"^(deepplan_\w+)\{([^}]*)\}\s+(\S+)$")
 T0 = time.monotonic()
@@ -379,6 +381,7 @@ class ServerLog:
                 "plan": m["plan"],
                 "need_bytes": int(m["need"]),
                 "engine": m["engine"],
+                "process": "instance" if m["where"] in (None, "this stub") else "shared",
             }
         if m or line.startswith("E") and "CudaDriverHelper" not in line or "Traceback" in line:
             say(f"server: {line.rstrip()[:300]}")
@@ -813,6 +816,7 @@ class Bench:
         return {
             "model": label,
             "engine": info.get("engine", self.args.engine),
+            "process": info.get("process", ""),
             "devices": "+".join(info.get("devices", [])),
             "pt": len(info.get("devices", [])) > 1,
             "pt_peer_layers": peer_layers(self.plans, self._zoo_name(names[0]), gpu, *self._variant(info)),

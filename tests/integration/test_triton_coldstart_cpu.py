@@ -55,6 +55,7 @@ def test_quick_run_writes_complete_correct_results(tmp_path):
     bert = rows["tiny-bert"]
     assert all(r["all_correct"] == "True" for r in rows.values()), rows
     assert bert["devices"] == "cpu" and bert["gpu_name"] == "cpu"
+    assert bert["process"] == "shared"  # the default: device work in the engine host
     assert int(bert["cold_samples"]) == 2  # every forced cold start was a cold start
     for col in (
         "client_cold_ms",
