@@ -24,7 +24,9 @@ Steps (each prints progress; a failing step is recorded and the run goes on wher
    Hugging Face checkpoint folder and moves them to the device in ``initialize``, loaded through the
    model-control API (admin token) and timed until it answers its first request; then the same for a fresh
    deepplan model of the same zoo model. Both are unloaded afterwards.
-7. ``<out>/triton_coldstart.csv`` and ``.json``, ``<out>/server.log``; a table at the end.
+7. ``<out>/triton_coldstart.csv`` and ``.json``, ``<out>/server.log``; a table at the end. ``backend_cold_ms`` is
+   Triton's own ``compute_infer`` time of the cold requests (statistics API): client - backend = Triton and
+   network, backend - engine = the front end and its hop to the engine host.
 
 Triton instance kind: ``KIND_CPU`` by default (``--triton-kind gpu`` for ``KIND_GPU`` on GPU 0): the deepplan
 backend picks its GPUs itself from ``devices``, so the kind only decides which device id Triton passes.
@@ -76,6 +78,7 @@ COLUMNS = (
     "pt_peer_layers",
     "gpu_name",
     "client_cold_ms",
+    "backend_cold_ms",
     "engine_cold_ms",
     "ratio",
     "cold_samples",
@@ -401,6 +404,7 @@ class Answer:
     engine_ms: float
     correct: bool
     max_abs_diff: float
+    backend_ms: float | None = None  # Triton's compute_infer for this request: the backend's execute()
 
 
 class Client:
@@ -426,17 +430,28 @@ class Client:
     def infer(self, name: str, model: str, outputs: tuple[str, ...] = ("output", "cold_start")) -> Answer:
         """One request to Triton model `name` serving zoo model `model`."""
         inputs = self._infer_inputs(model)
+        before = self._compute_infer_ns(name)
         start = time.perf_counter()
         result = self.client.infer(name, inputs, client_timeout=120)
         client_ms = (time.perf_counter() - start) * 1e3
+        after = self._compute_infer_ns(name)
+        backend_ms = None if before is None or after is None else (after - before) / 1e6
         out = result.as_numpy("output")
         ref = self.refs[model].output
         correct = bool(out.shape == ref.shape and np.allclose(out, ref, rtol=RTOL, atol=ATOL))
         diff = float(np.abs(out - ref).max()) if out.shape == ref.shape else math.inf
         if "cold_start" in outputs:
             flags = result.as_numpy("cold_start").reshape(-1, 2)[0]
-            return Answer(client_ms, bool(flags[0] >= 0.5), float(flags[1]), correct, diff)
-        return Answer(client_ms, False, 0.0, correct, diff)
+            return Answer(client_ms, bool(flags[0] >= 0.5), float(flags[1]), correct, diff, backend_ms)
+        return Answer(client_ms, False, 0.0, correct, diff, backend_ms)
+
+    def _compute_infer_ns(self, name: str) -> int | None:
+        """Triton's cumulative time in the model's execute() (its statistics API), to split the client's time."""
+        try:
+            stats = self.client.get_inference_statistics(name, as_json=True)["model_stats"][0]
+            return int(stats["inference_stats"]["compute_infer"]["ns"])
+        except Exception:  # statistics off or the model unloaded: the split is just not reported
+            return None
 
 
 def free_ports(n: int) -> list[int]:
@@ -688,7 +703,8 @@ class Bench:
                 st.colds.append(a)
             say(
                 f"{name}: cold start {i + 1}/{self.args.recold} after {touched} other request(s): client "
-                f"{a.client_ms:.2f} ms, engine {a.engine_ms:.2f} ms (cold={a.cold}, correct={a.correct})"
+                f"{a.client_ms:.2f} ms, backend execute {a.backend_ms or math.nan:.2f} ms, engine {a.engine_ms:.2f} ms "
+                f"(cold={a.cold}, correct={a.correct})"
             )
         p50, p99 = _ms(st.warm), _ms(st.warm, 99)
         say(f"{name}: warm p50 {p50 or math.nan:.2f} ms, p99 {p99 or math.nan:.2f} ms over {len(st.warm)} requests")
@@ -822,6 +838,7 @@ class Bench:
             "pt_peer_layers": peer_layers(self.plans, self._zoo_name(names[0]), gpu, *self._variant(info)),
             "gpu_name": gpu,
             "client_cold_ms": client,
+            "backend_cold_ms": _ms([a.backend_ms for a in colds if a.backend_ms is not None]),
             "engine_cold_ms": engine,
             "ratio": client / engine if client and engine else None,
             "cold_samples": len(colds),
