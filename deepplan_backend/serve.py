@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -301,6 +302,7 @@ class TritonServer:
         self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
         self._errors: collections.deque[str] = collections.deque(maxlen=20)
         self._proc: subprocess.Popen[bytes] | None = None
+        self.shm_prefix = ""  # this launch's Python-backend shared-memory prefix (set by start)
         self._reader: threading.Thread | None = None
         self._stop_requested_at: float | None = None
         self.backends_dir: Path | None = None
@@ -340,8 +342,9 @@ class TritonServer:
         )
         if self.stopping:  # a Ctrl-C while the backends folder was being built
             raise ServeError("stop requested before tritonserver was started")
+        self.shm_prefix = _shm_prefix()
         self._proc = subprocess.Popen(
-            server_command(self.cfg, dist, self.backends_dir),
+            server_command(self.cfg, dist, self.backends_dir, shm_prefix=self.shm_prefix),
             env=server_env(dist),
             cwd=REPO_ROOT,  # the stub's sys.path[0] is '' = this folder: `import deepplan_backend` works
             stdin=subprocess.DEVNULL,
@@ -444,7 +447,21 @@ class TritonServer:
             time.sleep(0.1)
         if self._reader:
             self._reader.join(timeout=2)
+        self._remove_shm_regions()
         return self._proc.returncode if code is None else code
+
+    def _remove_shm_regions(self) -> None:
+        """Delete this launch's Python-backend regions left in /dev/shm (1 MiB or more each).
+
+        A server that is killed (crash, kill -9, or killed after its grace period) leaves its stubs' regions
+        behind; the unique prefix of this launch makes them safe to recognise once the server is gone.
+        """
+        prefix = self.shm_prefix
+        if not prefix or not Path("/dev/shm").is_dir():
+            return
+        for region in Path("/dev/shm").glob(f"{prefix}*"):
+            with contextlib.suppress(OSError):
+                region.unlink()
 
     def stop(self, sig: int = signal.SIGINT) -> int:
         """Request a stop and wait for the exit (killing after the grace period); return the exit code."""

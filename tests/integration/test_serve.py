@@ -235,3 +235,29 @@ def _pgid(proc_dir: Path) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[2])  # fields after "(comm)": state ppid pgrp
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm")
+def test_killed_stubs_leave_no_shared_memory_behind(tmp_path):
+    """A SIGKILLed stub's /dev/shm region outlives it (Triton starts a new stub with a new region); the launcher
+    removes its launch's regions once the server is gone."""
+    source, repo = make_backend_and_repo(tmp_path)
+    x = np.arange(4, dtype=np.float32)
+    with triton_server.running_triton(repo, backend_source=source) as server:
+        prefix = server.server.shm_prefix
+        assert prefix and list(Path("/dev/shm").glob(f"{prefix}*")), "the stubs' regions exist while serving"
+        http = httpclient.InferenceServerClient(server.http_url)
+        inp = httpclient.InferInput("INPUT", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        pid = server.server.pid
+        for _ in range(2):
+            for stub in [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]:
+                os.kill(stub, signal.SIGKILL)
+            time.sleep(0.5)
+            for _ in range(3):  # the first request after the kill may fail; Triton then restarts the stub
+                try:
+                    http.infer("double", [inp])
+                except InferenceServerException:
+                    time.sleep(0.5)
+        http.close()
+    assert not list(Path("/dev/shm").glob(f"{prefix}*"))
