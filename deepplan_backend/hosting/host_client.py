@@ -44,6 +44,10 @@ class HostError(RuntimeError):
     """The engine host could not be started or refused the model (the message says why)."""
 
 
+class HostDropped(HostError):
+    """The connection broke during registration (e.g. the host was exiting as the model arrived): try again."""
+
+
 def socket_dir() -> Path:
     """The private folder of this user's engine-host sockets (created 0700; refused if someone else owns it)."""
     folder = Path(tempfile.gettempdir()) / f"deepplan-{os.getuid()}"
@@ -117,7 +121,14 @@ class HostedModel:
         self._spawned: subprocess.Popen[bytes] | None = None
         self._status = ModelStatus()
         self.info: dict[str, Any] = {}
-        self._open()
+        for attempt in range(1, RETRIES + 1):
+            try:
+                self._open()
+                break
+            except HostDropped:
+                if attempt == RETRIES:
+                    raise
+                time.sleep(0.2 * attempt)
 
     # ---- connection ---------------------------------------------------------------------------------------------
 
@@ -129,7 +140,7 @@ class HostedModel:
             reply, _ = recv_message(sock)
         except (OSError, WireError) as exc:
             sock.close()
-            raise HostError(f"engine host {self.path} dropped the registration: {exc}") from None
+            raise HostDropped(f"engine host {self.path} dropped the registration: {exc}") from None
         if not reply.get("ok"):
             sock.close()
             raise HostError(str(reply.get("error", "registration refused")))

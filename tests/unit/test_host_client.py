@@ -1,0 +1,105 @@
+"""The front end's side of an engine host, against fake hosts: retries, refusals, socket folder rules."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from deepplan_backend.hosting import host_client
+from deepplan_backend.hosting.host_client import HostDropped, HostedModel, HostError, socket_path
+from deepplan_backend.hosting.wire import recv_message, send_message
+from deepplan_backend.runtime.residency import STATE_DIR_ENV
+
+
+class FakeHost:
+    """Listens where the real host would; `behaviour(conn, n)` handles the n-th connection."""
+
+    def __init__(self, path: Path, behaviour) -> None:
+        self.connections = 0
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        path.unlink(missing_ok=True)
+        self.sock.bind(str(path))
+        self.sock.listen(8)
+        self.behaviour = behaviour
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                self.behaviour(conn, self.connections)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))
+    monkeypatch.setattr(host_client, "RETRIES", 3)
+    return tmp_path / "state"
+
+
+def _model(tmp_path: Path) -> HostedModel:
+    return HostedModel({"model": "tiny-bert"}, tmp_path / "m", "m_0_0", 4, None)
+
+
+def test_a_host_that_drops_registrations_is_retried_then_reported(state: Path, tmp_path: Path) -> None:
+    fake = FakeHost(socket_path(state, 0), lambda conn, n: None)  # accept, then close: a host on its way out
+    try:
+        with pytest.raises(HostDropped, match="dropped the registration"):
+            _model(tmp_path)
+        assert fake.connections == 3
+    finally:
+        fake.close()
+
+
+def test_a_dropped_registration_succeeds_on_the_next_attempt(state: Path, tmp_path: Path) -> None:
+    def behaviour(conn: socket.socket, n: int) -> None:
+        recv_message(conn)
+        if n >= 2:  # the first connection is dropped
+            send_message(conn, {"ok": True, "info": {"pid": 1, "model": "tiny-bert"}})
+            conn.recv(1)  # hold the connection until the client closes it
+
+    fake = FakeHost(socket_path(state, 0), behaviour)
+    try:
+        model = _model(tmp_path)
+        assert model.info["pid"] == 1 and fake.connections == 2
+        model.close()
+    finally:
+        fake.close()
+
+
+def test_a_refusal_is_not_retried(state: Path, tmp_path: Path) -> None:
+    def behaviour(conn: socket.socket, n: int) -> None:
+        recv_message(conn)
+        send_message(conn, {"ok": False, "error": "ConfigError: parameter engine: 'warp'"})
+
+    fake = FakeHost(socket_path(state, 0), behaviour)
+    try:
+        with pytest.raises(HostError, match="parameter engine") as err:
+            _model(tmp_path)
+        assert not isinstance(err.value, HostDropped) and fake.connections == 1
+    finally:
+        fake.close()
+
+
+def test_socket_paths_are_short_private_and_per_server(tmp_path: Path) -> None:
+    a, b = socket_path(tmp_path / "server-a", 0), socket_path(tmp_path / "server-b", 0)
+    assert a != b and a.parent == b.parent and len(str(a).encode()) < 108
+    assert socket_path(tmp_path / "server-a", 3) != a
+    assert a.parent.stat().st_mode & 0o077 == 0 and a.parent.stat().st_uid == os.getuid()
+
+
+def test_target_gpu_of_a_kind_cpu_front_end() -> None:
+    assert host_client._target_of({"target_gpu": "2"}) == 2
+    assert host_client._target_of({"devices": "3,0,1"}) == 3
+    assert host_client._target_of({"devices": "auto"}) == 0
