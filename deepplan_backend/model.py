@@ -22,6 +22,7 @@ A model says ``backend: "deepplan"`` and configures itself through ``parameters`
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -94,7 +95,9 @@ class TritonPythonModel:
         device_id = int(args["model_instance_device_id"]) if args.get("model_instance_kind") == "GPU" else None
         self.max_batch_size = max(1, int(config.get("max_batch_size", 0)))
         self.batched = int(config.get("max_batch_size", 0)) > 0
-        key = args["model_instance_name"]
+        # The residency key must be unique per load: Triton loads a model's new version (or a reloaded config)
+        # before it unloads the old one, and both instances have the same name.
+        key = f"{args['model_instance_name']}#{secrets.token_hex(4)}"
         if (params.get("process") or "shared").strip() == "shared":
             from deepplan_backend.hosting.host_client import HostedModel
 
@@ -110,7 +113,11 @@ class TritonPythonModel:
             self.served = local
             info = local.describe()
             where = "this stub"
-        labels = {"model": args["model_name"], "instance": key, "device": str(info["device_name"])}
+        labels = {
+            "model": args["model_name"],
+            "instance": args["model_instance_name"],
+            "device": str(info["device_name"]),
+        }
         self.metrics = _Metrics(labels)
         self.metrics.sync(0, 0)
         # Another model's cold start evicts this one without a request here: refresh in the background too.
@@ -119,7 +126,7 @@ class TritonPythonModel:
         self._refresher.start()
         plan = "planned now" if info["planned_now"] else "plan from repository"
         print(
-            f"deepplan: {key} ready: {info['model']} {info['dtype']} engine={info['engine']} "
+            f"deepplan: {args['model_instance_name']} ready: {info['model']} {info['dtype']} engine={info['engine']} "
             f"devices={info['devices']} in {where} ({plan if info['has_plan'] else 'no plan needed'}), "
             f"{info['need_bytes']} bytes per cold start, device empty",
             flush=True,
@@ -134,9 +141,20 @@ class TritonPythonModel:
 
     def execute(self, requests):
         """One response per request, in order; invalid requests get their own error."""
-        answers = self.served.answer([self._arrays(r) for r in requests])
+        from deepplan_backend.dlpack import DLPackError
+        from deepplan_backend.runtime.answer import Answer
+
+        answers: list[Answer | None] = []
+        readable: list[dict[str, np.ndarray | None]] = []
+        for request in requests:
+            try:
+                readable.append(self._arrays(request))
+                answers.append(None)
+            except DLPackError as exc:  # this request's tensors only; the rest of the batch still runs
+                answers.append(Answer(error=str(exc), invalid=True))
+        served = iter(self.served.answer(readable) if readable else [])
         responses = []
-        for answer in answers:
+        for answer in (a if a is not None else next(served) for a in answers):
             if answer.error is not None:
                 code = pb_utils.TritonError.INVALID_ARG if answer.invalid else pb_utils.TritonError.UNAVAILABLE
                 responses.append(_error(answer.error, code))
@@ -166,6 +184,7 @@ class TritonPythonModel:
         stop = getattr(self, "_stop", None)
         if stop is not None:
             stop.set()
+            self._refresher.join(timeout=2 * METRICS_REFRESH_S)
         served = getattr(self, "served", None)
         if served is not None:
             served.close()

@@ -35,6 +35,7 @@ import numpy as np
 from .wire import WireError, recv_message, send_message
 
 LINGER_S = 3.0
+FIRST_MESSAGE_TIMEOUT_S = 60.0
 
 
 class _Host:
@@ -64,13 +65,27 @@ class _Host:
                         conn, _ = server.accept()
                     except TimeoutError:
                         continue
-                    conn.settimeout(None)
-                    with self._count_lock:
-                        self._clients += 1
-                    threading.Thread(target=self._serve_client, args=(conn,), daemon=True).start()
+                    except OSError as exc:  # e.g. out of file descriptors: the models already here keep running
+                        _say(f"accept failed: {exc}")
+                        time.sleep(0.5)
+                        continue
+                    self._start_client(conn)
             finally:
                 self.path.unlink(missing_ok=True)
         _say(f"no model left for {self.linger_s:g} s; exiting")
+
+    def _start_client(self, conn: socket.socket) -> None:
+        conn.settimeout(FIRST_MESSAGE_TIMEOUT_S)  # a peer that never registers must not keep the host alive
+        with self._count_lock:
+            self._clients += 1
+        try:
+            threading.Thread(target=self._serve_client, args=(conn,), daemon=True).start()
+        except RuntimeError as exc:  # cannot start a thread: refuse this one, keep serving the others
+            _say(f"cannot serve a new model: {exc}")
+            conn.close()
+            with self._count_lock:
+                self._clients -= 1
+                self._idle_since = time.monotonic()
 
     def _idle_too_long(self) -> bool:
         with self._count_lock:
@@ -81,6 +96,7 @@ class _Host:
         try:
             with conn:
                 header, _ = recv_message(conn)
+                conn.settimeout(None)  # registration may plan for minutes; requests come whenever they come
                 served = self._register(conn, header)
                 if served is None:
                     return
@@ -95,8 +111,8 @@ class _Host:
                         send_message(conn, reply)
                     else:
                         send_message(conn, {"ok": False, "error": f"unknown op {op!r}"})
-        except WireError:
-            pass  # the front end is gone (model unloaded, stub killed)
+        except (WireError, TimeoutError):
+            pass  # the front end is gone (model unloaded, stub killed) or never registered
         except Exception:  # a bug here must not take the other models of this host down
             traceback.print_exc()
         finally:
@@ -127,7 +143,11 @@ class _Host:
         except Exception as exc:  # bad config, plan refused, device missing: the load fails with this reason
             send_message(conn, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
             return None
-        send_message(conn, {"ok": True, "info": {**served.describe(), "pid": os.getpid()}})
+        try:
+            send_message(conn, {"ok": True, "info": {**served.describe(), "pid": os.getpid()}})
+        except OSError:  # the front end left while we prepared the model: do not keep it registered
+            served.close()
+            raise
         return served
 
     def _answer(self, conn: socket.socket, served: Any, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
@@ -141,6 +161,8 @@ class _Host:
             send_message(conn, {"ok": False, "error": "malformed answer message: inputs do not match arrays"})
             return
         answers = worker.submit(served.answer, requests).result()
+        if any(a.error and "CUDA" in a.error for a in answers):
+            worker.submit(_exit_if_device_broken).result()
         meta = [
             {"cold": a.cold, "provision_ms": a.provision_ms, "error": a.error, "invalid": a.invalid} for a in answers
         ]
@@ -148,6 +170,22 @@ class _Host:
         status = served.status()
         reply = {"ok": True, "answers": meta, "evictions": status.evictions, "resident_bytes": status.resident_bytes}
         send_message(conn, reply, outputs)
+
+
+def _exit_if_device_broken() -> None:
+    """After a CUDA error: if the context is unusable (a sticky error), exit so that front ends start a new host.
+
+    Otherwise every model of this GPU would answer UNAVAILABLE forever; a new process gets a new context.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    try:
+        torch.cuda.synchronize()
+    except Exception as exc:
+        _say(f"CUDA context unusable ({exc}); exiting so that a new host takes over")
+        os._exit(3)
 
 
 def _say(message: str) -> None:

@@ -32,12 +32,13 @@ import numpy as np
 from deepplan_backend.runtime.answer import Answer, ModelStatus
 from deepplan_backend.runtime.residency import STATE_DIR_ENV, default_state_dir
 
-from .wire import WireError, recv_message, send_message
+from .wire import DTYPES, WireError, recv_message, send_message
 
 PYTHON_ENV = "DEEPPLAN_PYTHON"
 """Interpreter for engine hosts (the Triton stub's own `sys.executable` is the stub binary, not Python)."""
 START_TIMEOUT_S = 120.0
 RETRIES = 4
+STATUS_TIMEOUT_S = 5.0
 
 
 class HostError(RuntimeError):
@@ -120,6 +121,8 @@ class HostedModel:
         self._sock: socket.socket | None = None
         self._spawned: subprocess.Popen[bytes] | None = None
         self._status = ModelStatus()
+        self._evictions_before = 0  # evictions counted by hosts this model lived in before the current one
+        self._host_evictions = 0
         self.info: dict[str, Any] = {}
         for attempt in range(1, RETRIES + 1):
             try:
@@ -145,6 +148,9 @@ class HostedModel:
             sock.close()
             raise HostError(str(reply.get("error", "registration refused")))
         self.info = dict(reply.get("info") or {})
+        # A new host counts this model's evictions from 0 again: keep the metric monotonic.
+        self._evictions_before += self._host_evictions
+        self._host_evictions = 0
         self._sock = sock
 
     def _connect_or_start(self) -> socket.socket:
@@ -192,6 +198,14 @@ class HostedModel:
 
         A host killed a moment ago may still accept on its socket while it dies, hence a few attempts.
         """
+        answers: list[Answer | None] = [_unsendable(r) for r in requests]  # that request's own error, if any
+        todo = [i for i, a in enumerate(answers) if a is None]
+        if todo:
+            for i, a in zip(todo, self._forward([requests[i] for i in todo]), strict=True):
+                answers[i] = a
+        return [a if a is not None else Answer(error="not answered") for a in answers]
+
+    def _forward(self, requests: Sequence[Mapping[str, np.ndarray | None]]) -> list[Answer]:
         with self._lock:
             for attempt in range(1, RETRIES + 1):
                 try:
@@ -218,11 +232,16 @@ class HostedModel:
         reply, outputs = recv_message(sock)
         if not reply.get("ok"):
             raise WireError(str(reply.get("error", "the host refused the request")))
-        self._status = ModelStatus(int(reply.get("evictions", 0)), int(reply.get("resident_bytes", 0)))
+        self._note_status(reply)
         it = iter(outputs)
         answers = []
-        for meta in reply["answers"]:
-            output = None if meta.get("error") else next(it)
+        metas = reply.get("answers")
+        if not isinstance(metas, list) or len(metas) != len(requests):
+            raise WireError("the host's reply does not match the request")
+        for meta in metas:
+            output = None if meta.get("error") else next(it, None)
+            if output is None and not meta.get("error"):
+                raise WireError("the host's reply lacks an output")
             answers.append(
                 Answer(
                     output=output,
@@ -234,8 +253,13 @@ class HostedModel:
             )
         return answers
 
+    def _note_status(self, reply: Mapping[str, Any]) -> None:
+        host_evictions = int(reply.get("evictions", 0))
+        self._host_evictions = host_evictions
+        self._status = ModelStatus(self._evictions_before + host_evictions, int(reply.get("resident_bytes", 0)))
+
     def status(self) -> ModelStatus:
-        """Evictions and resident bytes as of the last answer or `refresh_status`."""
+        """Evictions (over every host this model lived in) and resident bytes, as of the last answer or refresh."""
         return self._status
 
     def refresh_status(self) -> ModelStatus:
@@ -248,13 +272,15 @@ class HostedModel:
         try:
             if self._sock is not None:
                 try:
+                    self._sock.settimeout(STATUS_TIMEOUT_S)  # a hung host must not hang the model's unload
                     send_message(self._sock, {"op": "status"})
                     reply, _ = recv_message(self._sock)
+                    self._sock.settimeout(None)
                 except (OSError, WireError):
                     self._drop()  # the next request reconnects
                 else:
                     if reply.get("ok"):
-                        self._status = ModelStatus(int(reply.get("evictions", 0)), int(reply.get("resident_bytes", 0)))
+                        self._note_status(reply)
         finally:
             self._lock.release()
         return self._status
@@ -263,6 +289,14 @@ class HostedModel:
         """Model unload: closing the connection makes the host evict and unregister the model."""
         with self._lock:
             self._drop()
+
+
+def _unsendable(request: Mapping[str, np.ndarray | None]) -> Answer | None:
+    """The request's own INVALID answer if one of its arrays cannot cross to the host, else None."""
+    for name, array in request.items():
+        if array is not None and array.dtype.name not in DTYPES:
+            return Answer(error=f"{name}: data type {array.dtype} is not supported", invalid=True)
+    return None
 
 
 def _target_of(params: Mapping[str, str]) -> int:

@@ -35,8 +35,8 @@ def send_message(sock: socket.socket, header: dict[str, Any], arrays: Sequence[n
     """Send `header` and `arrays` (any layout; sent C-contiguous) as one message."""
     contiguous = [np.ascontiguousarray(a) for a in arrays]
     for a in contiguous:
-        if a.dtype.name not in DTYPES:
-            raise WireError(f"dtype {a.dtype} cannot be sent (allowed: {', '.join(sorted(DTYPES))})")
+        if a.dtype.name not in DTYPES:  # the caller's mistake, not a broken connection
+            raise ValueError(f"dtype {a.dtype} cannot be sent (allowed: {', '.join(sorted(DTYPES))})")
     meta = [{"dtype": a.dtype.name, "shape": list(a.shape)} for a in contiguous]
     head = json.dumps({**header, "arrays": meta}, separators=(",", ":")).encode()
     if len(head) > MAX_HEADER_BYTES:
@@ -70,7 +70,10 @@ def recv_message(sock: socket.socket) -> tuple[dict[str, Any], list[np.ndarray]]
     arrays = []
     for dtype, shape in specs:
         data = _recv_exact(sock, dtype.itemsize * math.prod(shape))
-        arrays.append(np.frombuffer(data, dtype=dtype).reshape(shape))
+        try:
+            arrays.append(np.frombuffer(data, dtype=dtype).reshape(shape))
+        except ValueError as exc:  # e.g. more dimensions than NumPy allows
+            raise WireError(f"malformed array {list(shape)}: {exc}") from None
     return header, arrays
 
 

@@ -320,13 +320,17 @@ class ServedModel:
         self.plan: Plan | None = None
         self.planned_now = False
         if settings.engine == "deepplan":
-            self.plan, self.planned_now = plan_or_make(self.prepared, settings, self.devices)
+            # Profiling, if a plan must be made, needs the devices to itself (other models of an engine host
+            # would skew its timings and could meet an out-of-memory): under the device lock.
+            with self._exec_lock_of(exec_lock):
+                self.plan, self.planned_now = plan_or_make(self.prepared, settings, self.devices)
         nbytes = self.prepared.table.nbytes
         self.schedule, self.overlap = schedule_for(settings.engine, len(self.devices), nbytes, self.plan)
         self.need_bytes = self.schedule.loaded_bytes(nbytes)
         self.engine = ColdStartEngine(self.model, self.prepared.store, self.devices, graphs=settings.graphs)
         if self.schedule.num_devices > 1 and hasattr(self.engine.copier, "open_peer_links"):
-            self.engine.copier.open_peer_links()
+            with self._exec_lock_of(exec_lock):
+                self.engine.copier.open_peer_links()
         self.device_name = str(self.devices[0])
         self.evictions = 0
         self._lock = threading.Lock()
@@ -334,6 +338,10 @@ class ServedModel:
         self.residency = residency or Residency(settings.residency_dir)
         budget = settings.budget if settings.budget is not None else default_budget(self.devices[0], settings.reserve)
         self.residency.register(key, self.device_name, budget, self._evict)
+
+    @staticmethod
+    def _exec_lock_of(exec_lock: threading.Lock | None) -> contextlib.AbstractContextManager[object]:
+        return exec_lock if exec_lock is not None else contextlib.nullcontext()
 
     # ---- requests -----------------------------------------------------------------------------------------------
 
@@ -489,7 +497,9 @@ class ServedModel:
         return self.engine.resident_bytes
 
     def close(self) -> None:
-        """Evict and leave the residency (model unload)."""
-        with self._lock, self._exec_lock:
-            self.engine.evict()
-        self.residency.unregister(self.key)
+        """Evict, release the address ranges and leave the residency (model unload)."""
+        try:
+            with self._lock, self._exec_lock:
+                self.engine.close()
+        finally:
+            self.residency.unregister(self.key)

@@ -8,6 +8,7 @@ planned at load into a temporary plan repository) and tiny-resnet (demand engine
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import signal
 import time
@@ -198,6 +199,28 @@ def test_an_evicted_models_metrics_update_without_its_own_request(server):
     assert metric_sum(text, "deepplan_resident_bytes", model="bert-a") == 0
     assert metric_sum(text, "deepplan_evictions_total", model="bert-a") >= before + 1
     assert metric_sum(text, "deepplan_resident_bytes", model="bert-b") == BERT_BYTES
+
+
+def test_reloading_a_model_keeps_it_registered(server):
+    """Triton loads the new instance before it unloads the old one (same instance name): both must coexist in
+    the residency, and the old one's unload must not take the new one's registration with it."""
+    x = ids()
+    want = reference("tiny-bert", input_ids=x)
+    client = tritonclient_http.InferenceServerClient(server.http_url)
+    config = client.get_model_config("bert-c")
+    config["dynamic_batching"] = {"max_queue_delay_microseconds": 2000}  # a changed config: a real reload
+    http_infer(server, "bert-c", input_ids=x)
+    client.load_model("bert-c", config=json.dumps(config), headers=server.srv.http_headers)
+    for _ in range(2):
+        out, _ = http_infer(server, "bert-c", input_ids=x)
+        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+    deadline = time.monotonic() + 15  # the old instance unloads in the background
+    while True:
+        keys = [k for k in Residency(server.state_dir).snapshot()["models"] if k.startswith("bert-c_")]
+        if len(keys) == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(keys) == 1, f"the old instance left the residency, the new one stayed: {keys}"
 
 
 BAD = [

@@ -38,7 +38,7 @@ def test_round_trip_keeps_header_dtypes_shapes_and_values(pair):
 
 
 def test_object_arrays_are_not_sent(pair):
-    with pytest.raises(WireError, match="cannot be sent"):
+    with pytest.raises(ValueError, match="cannot be sent"):
         send_message(pair[0], {}, [np.array(["x"], dtype=object)])
 
 
