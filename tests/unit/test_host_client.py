@@ -7,6 +7,7 @@ import socket
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deepplan_backend.hosting import host_client
@@ -103,3 +104,24 @@ def test_target_gpu_of_a_kind_cpu_front_end() -> None:
     assert host_client._target_of({"target_gpu": "2"}) == 2
     assert host_client._target_of({"devices": "3,0,1"}) == 3
     assert host_client._target_of({"devices": "auto"}) == 0
+
+
+def test_an_unsendable_request_fails_alone(state: Path, tmp_path: Path) -> None:
+    def behaviour(conn: socket.socket, n: int) -> None:
+        recv_message(conn)  # registration
+        send_message(conn, {"ok": True, "info": {"pid": 1}})
+        header, arrays = recv_message(conn)
+        assert header["requests"] == [["input_ids"]]  # only the good request reached the host
+        send_message(conn, {"ok": True, "answers": [{"cold": True, "provision_ms": 2.0}]}, [arrays[0] * 2.0])
+        conn.recv(1)
+
+    fake = FakeHost(socket_path(state, 0), behaviour)
+    try:
+        model = _model(tmp_path)
+        good = np.ones((1, 3), np.float32)
+        bad, ok = model.answer([{"input_ids": np.array([["x"]], dtype=object)}, {"input_ids": good}])
+        assert bad.invalid and "not supported" in (bad.error or "")
+        assert ok.error is None and ok.cold and np.array_equal(ok.output, good * 2)
+        model.close()
+    finally:
+        fake.close()
