@@ -187,6 +187,16 @@ class ColdStartEngine:
             return contextlib.nullcontext()
         return torch.cuda.device(self.device)
 
+    def prepare(self, schedule: LoadSchedule) -> None:
+        """Build the schedule's layout now (address range, weight views, chunk plan), not in the first cold start.
+
+        Serving calls this at model load: a device run measured a model's first cold start at ~180 ms against
+        ~28 ms for later ones (BERT-Base, H200), the difference being one-time set-up. No device memory stays
+        mapped.
+        """
+        with self._on_target():
+            self._layout(schedule)
+
     def evict(self) -> None:
         """Point the model back at host memory and give the device bytes back to the driver."""
         layout = self._resident

@@ -36,7 +36,7 @@ from .plan_repository import load_plan, plan_path, save_plan
 from .prepared import PreparedModel, gpu_name, prepare_shared
 from .residency import BUDGET_ENV, DEFAULT_RESERVE_BYTES, Residency, default_state_dir
 from .schedules import schedule_for
-from .transfer import resolve_devices
+from .transfer import DeviceError, resolve_devices
 from .zoo import IMAGE_SIZE, ZOO, parse_dtype
 
 PLAN_DIR_ENV = "DEEPPLAN_PLAN_REPOSITORY"
@@ -328,8 +328,12 @@ class ServedModel:
         self.schedule, self.overlap = schedule_for(settings.engine, len(self.devices), nbytes, self.plan)
         self.need_bytes = self.schedule.loaded_bytes(nbytes)
         self.engine = ColdStartEngine(self.model, self.prepared.store, self.devices, graphs=settings.graphs)
-        if self.schedule.num_devices > 1 and hasattr(self.engine.copier, "open_peer_links"):
-            with self._exec_lock_of(exec_lock):
+        with self._exec_lock_of(exec_lock):
+            try:  # one-time set-up at load, not in the first request
+                self.engine.prepare(self.schedule)
+            except (DeviceError, RuntimeError) as exc:  # e.g. the GPU is full right now: the first request does it
+                print(f"deepplan: {key}: set-up deferred to the first request ({exc})", flush=True)
+            if self.schedule.num_devices > 1 and hasattr(self.engine.copier, "open_peer_links"):
                 self.engine.copier.open_peer_links()
         self.device_name = str(self.devices[0])
         self.evictions = 0

@@ -122,6 +122,19 @@ def test_copied_bytes_exclude_dha_layers(case) -> None:
     engine.evict()
 
 
+def test_prepare_builds_the_layout_without_provisioning(case) -> None:
+    prepared, inputs, expected = case
+    engine = ColdStartEngine(prepared.model, prepared.store, [CPU])
+    schedule = _mixed(len(prepared.table))
+    engine.prepare(schedule)
+    assert not engine.is_resident and engine.resident_bytes == 0
+    layout = engine._layouts[schedule]
+    cold = engine.infer(inputs, schedule)
+    assert cold.cold and engine._layouts[schedule] is layout  # the first cold start reused it
+    torch.testing.assert_close(cold.output, expected, rtol=1e-6, atol=1e-6)
+    engine.close()
+
+
 def test_resident_model_answers_warm_whatever_the_schedule(case) -> None:
     prepared, inputs, expected = case
     n = len(prepared.table)
