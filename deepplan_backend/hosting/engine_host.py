@@ -10,7 +10,8 @@ connection's end unregisters it. The CUDA contexts of a
 server therefore grow with its GPUs (one host per target GPU, touching the target and its PT peers), not with
 its models.
 
-Requests of all models here run on one worker thread: eager launches are bound by this process's CPU anyway,
+The device part of every request here runs on one worker thread (validation, batching and waiting for budget
+stay on the model's connection thread): eager launches are bound by this process's CPU anyway,
 a cold start then owns the copy engines it was planned for, and the per-thread state of CUDA libraries (a
 cuBLAS handle and workspace per thread and GPU) exists once, not once per model. The host exits when it has had no
 client for ``--linger-s`` seconds (its server stopped or unloaded every model).
@@ -26,7 +27,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,9 @@ class _Host:
             finally:
                 self.path.unlink(missing_ok=True)
         _say(f"no model left for {self.linger_s:g} s; exiting")
+
+    def _on_device_thread(self, fn: Callable[[], Any]) -> Any:
+        return self.worker.submit(fn).result()
 
     def _start_client(self, conn: socket.socket) -> None:
         conn.settimeout(FIRST_MESSAGE_TIMEOUT_S)  # a peer that never registers must not keep the host alive
@@ -139,6 +143,7 @@ class _Host:
                 int(header["max_batch_size"]),
                 header.get("instance_device"),
                 exec_lock=self.exec_lock,
+                device_runner=self._on_device_thread,
             )
         except Exception as exc:  # bad config, plan refused, device missing: the load fails with this reason
             send_message(conn, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
@@ -160,7 +165,7 @@ class _Host:
         except (KeyError, TypeError, StopIteration):
             send_message(conn, {"ok": False, "error": "malformed answer message: inputs do not match arrays"})
             return
-        answers = worker.submit(served.answer, requests).result()
+        answers = served.answer(requests)  # validation and budget here; device work on the device thread
         if any(a.error and "CUDA" in a.error for a in answers):
             worker.submit(_exit_if_device_broken).result()
         meta = [

@@ -21,7 +21,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .answer import Answer, ModelStatus
-from .engine import ColdStartEngine
+from .engine import ColdStartEngine, InferenceResult
 from .path_policy import PathPolicy, PathPolicyError
 from .plan import ENGINES, Plan, PlanError
 from .plan_repository import load_plan, plan_path, save_plan
@@ -290,6 +290,14 @@ def plan_or_make(prepared: PreparedModel, settings: ServeSettings, devices: list
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+DeviceRunner = Callable[[Callable[[], InferenceResult]], InferenceResult]
+"""Runs the device part of a request somewhere (an engine host: on its single device thread)."""
+
+
+def _run_here(fn: Callable[[], InferenceResult]) -> InferenceResult:
+    return fn()
+
+
 class ServedModel:
     """Config -> prepared model + plan + engine + residency registration; `infer` answers one batch."""
 
@@ -301,11 +309,14 @@ class ServedModel:
         instance_device: int | None = None,
         residency: Residency | None = None,
         exec_lock: threading.Lock | None = None,
+        device_runner: DeviceRunner | None = None,
     ) -> None:
         """Prepare host weights and the plan and register with the residency; the device stays empty.
 
         `exec_lock` serialises device work with other models of this process (an engine host runs many);
-        by default the model has its own.
+        by default the model has its own. `device_runner` runs the device part of a request (an engine host
+        passes its device thread); by default it runs on the caller's thread. Waiting for budget never happens
+        inside it, so a model waiting for room does not hold up the others.
         """
         self.settings = settings
         self.key = key
@@ -339,6 +350,7 @@ class ServedModel:
         self.evictions = 0
         self._lock = threading.Lock()
         self._exec_lock = exec_lock or threading.Lock()
+        self._device_runner: DeviceRunner = device_runner or _run_here
         self.residency = residency or Residency(settings.residency_dir)
         budget = settings.budget if settings.budget is not None else default_budget(self.devices[0], settings.reserve)
         self.residency.register(key, self.device_name, budget, self._evict)
@@ -419,12 +431,16 @@ class ServedModel:
         Provisioning time covers making room (evicting others) and the cold-start request; 0 when warm.
         """
         start = time.perf_counter()
-        self.residency.acquire(self.key, self.need_bytes)
+        self.residency.acquire(self.key, self.need_bytes)  # may wait for room: on the caller's thread
         resident = 0
         try:
-            with self._lock, self._exec_lock:
-                result = self.engine.infer(inputs, self.schedule, self.overlap)
-                resident = self.engine.resident_bytes
+
+            def on_device() -> InferenceResult:
+                with self._lock, self._exec_lock:
+                    return self.engine.infer(inputs, self.schedule, self.overlap)
+
+            result = self._device_runner(on_device)
+            resident = self.engine.resident_bytes
         finally:
             self.residency.release(self.key, resident)
         provision_ms = (time.perf_counter() - start) * 1e3 if result.cold else 0.0
