@@ -18,7 +18,6 @@ Outputs: ``<out>/scale.csv`` and ``.json`` (one row per point), each point's ser
 from __future__ import annotations
 
 import argparse
-import secrets
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from loadtest.experiments import allow_paths, free_ports, now_iso, say, wait_models_ready, write_rows
+from loadtest.experiments import allow_paths, experiment_server, now_iso, say, start_and_wait, write_rows
 
 COLUMNS = (
     "date",
@@ -127,7 +126,6 @@ def reference_output(model: str, ids: np.ndarray) -> np.ndarray:
 
 def run_point(args: argparse.Namespace, process: str, count: int, ids: np.ndarray, want: np.ndarray) -> dict[str, Any]:
     """One server start with `count` models in `process` mode; the measured row."""
-    from deepplan_backend import serve
     from deepplan_backend.repository import make_instances
 
     row: dict[str, Any] = {"process": process, "instances": count, "model": args.model, "error": ""}
@@ -147,24 +145,11 @@ def run_point(args: argparse.Namespace, process: str, count: int, ids: np.ndarra
         if args.budget:
             params["budget"] = args.budget
         names = [f.name for f in make_instances(args.model, count, repo, gpus=n_gpus, parameters=params)]
-        http, grpc, metrics = free_ports(3)
-        cfg = serve.ServeConfig(
-            admin_token=secrets.token_urlsafe(16),
-            model_repository=repo,
-            http_port=http,
-            grpc_port=grpc,
-            metrics_port=metrics,
-            ready_timeout_s=args.ready_timeout,
-            grace_s=30.0,
-        )
         log = (args.out / f"{process}-n{count}.log").open("w")
-        server = serve.TritonServer(cfg, log_sink=log.write)
-        t0 = time.monotonic()
+        server, cfg = experiment_server(repo, log, args.ready_timeout)
         try:
-            server.start()
-            server.wait_ready()
-            wait_models_ready(cfg.url("HTTP"), names, args.ready_timeout, lambda: server.poll() is None)
-            row["ready_s"] = round(time.monotonic() - t0, 1)
+            _, ready_s = start_and_wait(server, cfg, names, args.ready_timeout)
+            row["ready_s"] = round(ready_s, 1)
             time.sleep(2.0)  # let lazily started host threads settle before reading memory
             loaded = gpu_used_mib()
             row["gpu_used_loaded_mib"] = sum(loaded) if loaded else None

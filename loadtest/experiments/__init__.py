@@ -25,7 +25,10 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from deepplan_backend import serve
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -238,6 +241,42 @@ def wait_models_ready(
         time.sleep(0.5)
 
 
+def experiment_server(repo: Path, log: IO[str], ready_timeout_s: float) -> tuple[serve.TritonServer, serve.ServeConfig]:
+    """The real ``tritonserver`` of one experiment point, not started.
+
+    Free loopback ports, a fresh admin token, its log written to `log`.
+    """
+    from deepplan_backend import serve
+
+    http, grpc, metrics = free_ports(3)
+    cfg = serve.ServeConfig(
+        admin_token=secrets.token_urlsafe(16),
+        model_repository=repo,
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        ready_timeout_s=ready_timeout_s,
+        grace_s=30.0,
+    )
+
+    def sink(line: str) -> None:
+        log.write(line)
+
+    return serve.TritonServer(cfg, log_sink=sink), cfg
+
+
+def start_and_wait(
+    server: serve.TritonServer, cfg: serve.ServeConfig, names: Sequence[str], ready_timeout_s: float
+) -> tuple[float, float]:
+    """Start `server` and wait until it and every model in `names` are ready: (server ready s, models ready s)."""
+    t0 = time.monotonic()
+    server.start()
+    server.wait_ready(progress=lambda m: say(f"  {m}"), every_s=15.0)
+    server_ready_s = time.monotonic() - t0
+    wait_models_ready(cfg.url("HTTP"), names, ready_timeout_s, lambda: server.poll() is None)
+    return server_ready_s, time.monotonic() - t0
+
+
 @dataclass
 class PointResult:
     """What one point produced: the Locust summary (None on failure) and timings."""
@@ -264,33 +303,12 @@ def run_point(
     ``locust_args`` start with ``-f <locustfile>``; ``--headless``, ``--triton-url`` and ``--results-dir`` are
     added here. The server log goes to ``<results_dir>/server.log``, Locust's output to ``locust.log``.
     """
-    from deepplan_backend import serve
-
     results_dir.mkdir(parents=True, exist_ok=True)
     res = PointResult(None, results_dir)
-    http, grpc, metrics = free_ports(3)
-    cfg = serve.ServeConfig(
-        admin_token=secrets.token_urlsafe(16),
-        model_repository=repo,
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        ready_timeout_s=ready_timeout_s,
-        grace_s=30.0,
-    )
     log = (results_dir / "server.log").open("w")
-
-    def sink(line: str) -> None:
-        log.write(line)
-
-    server = serve.TritonServer(cfg, log_sink=sink)
-    t0 = time.monotonic()
+    server, cfg = experiment_server(repo, log, ready_timeout_s)
     try:
-        server.start()
-        server.wait_ready(progress=lambda m: say(f"  {m}"), every_s=15.0)
-        res.server_ready_s = time.monotonic() - t0
-        wait_models_ready(cfg.url("HTTP"), names, ready_timeout_s, lambda: server.poll() is None)
-        res.models_ready_s = time.monotonic() - t0
+        res.server_ready_s, res.models_ready_s = start_and_wait(server, cfg, names, ready_timeout_s)
         say(f"  server ready in {res.server_ready_s:.1f} s, all {len(names)} models in {res.models_ready_s:.1f} s")
         cmd = [
             sys.executable,
