@@ -8,6 +8,7 @@ Skipped without CUDA; run on the device machine (`pytest tests/gpu`). `DEEPPLAN_
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -60,6 +61,25 @@ def _schedules(n: int, nbytes: tuple[int, ...]) -> dict[str, tuple[LoadSchedule,
     return found
 
 
+def _cold_then_warm(
+    engine: ColdStartEngine,
+    inputs: dict[str, torch.Tensor],
+    schedule: LoadSchedule,
+    overlap: bool,
+    expected: torch.Tensor,
+    label: str,
+    before_each: Callable[[], object] = lambda: None,
+) -> None:
+    """A cold request, then a warm one: each is what it should be and equals the plain model."""
+    before_each()
+    cold = engine.infer(inputs, schedule, overlap)
+    before_each()
+    warm = engine.infer(inputs, schedule, overlap)
+    assert cold.cold and not warm.cold
+    torch.testing.assert_close(cold.output, expected, rtol=1e-4, atol=1e-4, msg=f"{label}: cold")
+    torch.testing.assert_close(warm.output, expected, rtol=1e-4, atol=1e-4, msg=f"{label}: warm")
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_every_mode_matches_plain_model(name: str) -> None:
     prepared = prepare(name)
@@ -78,11 +98,7 @@ def test_every_mode_matches_plain_model(name: str) -> None:
     baseline = [torch.cuda.mem_get_info(d)[0] for d in devices]
     for mode, (schedule, overlap) in schedules.items():
         for cycle in range(CYCLES):
-            cold = engine.infer(inputs, schedule, overlap)
-            warm = engine.infer(inputs, schedule, overlap)
-            assert cold.cold and not warm.cold
-            torch.testing.assert_close(cold.output, expected, rtol=1e-4, atol=1e-4, msg=f"{mode} cold #{cycle}")
-            torch.testing.assert_close(warm.output, expected, rtol=1e-4, atol=1e-4, msg=f"{mode} warm #{cycle}")
+            _cold_then_warm(engine, inputs, schedule, overlap, expected, f"{mode} #{cycle}")
             engine.evict()
             free = [torch.cuda.mem_get_info(d)[0] for d in devices]
             for d, (before, after) in enumerate(zip(baseline, free, strict=True)):
@@ -119,11 +135,7 @@ def test_graph_replay_survives_evict_cycles(name: str) -> None:
     n = len(prepared.table)
     for mode, (schedule, overlap) in _schedules(n, prepared.table.nbytes).items():
         for cycle in range(CYCLES + 1):  # the first warm request captures; later cold starts replay
-            cold = engine.infer(inputs, schedule, overlap)
-            warm = engine.infer(inputs, schedule, overlap)
-            assert cold.cold and not warm.cold
-            torch.testing.assert_close(cold.output, expected, rtol=1e-4, atol=1e-4, msg=f"{mode} cold #{cycle}")
-            torch.testing.assert_close(warm.output, expected, rtol=1e-4, atol=1e-4, msg=f"{mode} warm #{cycle}")
+            _cold_then_warm(engine, inputs, schedule, overlap, expected, f"{mode} #{cycle}")
             engine.evict()
         captured = [g for layout in engine._layouts.values() for g in layout.captured.values()]
         print(f"{name} {mode}: captured graphs {sum(g is not None for g in captured)}/{len(captured)}")
@@ -142,12 +154,9 @@ def test_target_other_than_gpu0_from_a_thread_on_gpu0() -> None:
     engine = ColdStartEngine(prepared.model, prepared.store, [torch.device("cuda", i) for i in order])
     n = len(prepared.table)
     for mode, (schedule, overlap) in _schedules(n, prepared.table.nbytes).items():
-        torch.cuda.set_device(0)  # the thread's current device is not the target
-        cold = engine.infer(inputs, schedule, overlap)
-        torch.cuda.set_device(0)
-        warm = engine.infer(inputs, schedule, overlap)
-        assert cold.cold and not warm.cold
-        torch.testing.assert_close(cold.output, expected, rtol=1e-4, atol=1e-4, msg=f"{mode} cold on cuda:1")
-        torch.testing.assert_close(warm.output, expected, rtol=1e-4, atol=1e-4, msg=f"{mode} warm on cuda:1")
+        # Before each request the thread's current device is set to one that is not the target.
+        _cold_then_warm(
+            engine, inputs, schedule, overlap, expected, f"{mode} on cuda:1", lambda: torch.cuda.set_device(0)
+        )
         engine.evict()
     engine.close()
