@@ -321,6 +321,7 @@ class ServedModel:
         self.settings = settings
         self.key = key
         self.max_batch_size = max_batch_size
+        self._exec_lock = exec_lock or threading.Lock()
         self.devices = choose_devices(settings, instance_device)
         self.prepared = prepare_shared(settings.model, settings.dtype, settings.seed)
         self.model = self.prepared.model
@@ -333,31 +334,26 @@ class ServedModel:
         if settings.engine == "deepplan":
             # Profiling, if a plan must be made, needs the devices to itself (other models of an engine host
             # would skew its timings and could meet an out-of-memory): under the device lock.
-            with self._exec_lock_of(exec_lock):
+            with self._exec_lock:
                 self.plan, self.planned_now = plan_or_make(self.prepared, settings, self.devices)
         nbytes = self.prepared.table.nbytes
         self.schedule, self.overlap = schedule_for(settings.engine, len(self.devices), nbytes, self.plan)
         self.need_bytes = self.schedule.loaded_bytes(nbytes)
         self.engine = ColdStartEngine(self.model, self.prepared.store, self.devices, graphs=settings.graphs)
-        with self._exec_lock_of(exec_lock):
+        with self._exec_lock:
             try:  # one-time set-up at load, not in the first request
                 self.engine.prepare(self.schedule)
             except (DeviceError, RuntimeError) as exc:  # e.g. the GPU is full right now: the first request does it
                 print(f"deepplan: {key}: set-up deferred to the first request ({exc})", flush=True)
-            if self.schedule.num_devices > 1 and hasattr(self.engine.copier, "open_peer_links"):
+            if self.schedule.num_devices > 1:
                 self.engine.copier.open_peer_links()
         self.device_name = str(self.devices[0])
         self.evictions = 0
         self._lock = threading.Lock()
-        self._exec_lock = exec_lock or threading.Lock()
         self._device_runner: DeviceRunner = device_runner or _run_here
         self.residency = residency or Residency(settings.residency_dir)
         budget = settings.budget if settings.budget is not None else default_budget(self.devices[0], settings.reserve)
         self.residency.register(key, self.device_name, budget, self._evict)
-
-    @staticmethod
-    def _exec_lock_of(exec_lock: threading.Lock | None) -> contextlib.AbstractContextManager[object]:
-        return exec_lock if exec_lock is not None else contextlib.nullcontext()
 
     # ---- requests -----------------------------------------------------------------------------------------------
 

@@ -50,6 +50,9 @@ class CopyEngine(Protocol):
     def wait(self, token: object) -> None:
         """Make the compute stream wait until the job behind `token` has landed."""
 
+    def open_peer_links(self) -> None:
+        """Set up what copies over peer devices need, ahead of the first one."""
+
     def release(self) -> None:
         """Drop staging buffers (after the compute stream has waited for every token)."""
 
@@ -70,6 +73,9 @@ class CpuCopyEngine:
 
     def wait(self, token: object) -> None:
         """Nothing to wait for: copies completed in `issue`."""
+
+    def open_peer_links(self) -> None:
+        """No peer links on the CPU."""
 
     def release(self) -> None:
         """Nothing staged."""
