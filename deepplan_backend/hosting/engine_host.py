@@ -156,7 +156,6 @@ class _Host:
         return served
 
     def _answer(self, conn: socket.socket, served: Any, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
-        worker = self.worker
         requests: list[dict[str, np.ndarray | None]] = []
         it = iter(arrays)
         try:
@@ -167,7 +166,7 @@ class _Host:
             return
         answers = served.answer(requests)  # validation and budget here; device work on the device thread
         if any(a.error and "CUDA" in a.error for a in answers):
-            worker.submit(_exit_if_device_broken).result()
+            self._on_device_thread(_exit_if_device_broken)
         meta = [
             {"cold": a.cold, "provision_ms": a.provision_ms, "error": a.error, "invalid": a.invalid} for a in answers
         ]

@@ -23,9 +23,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -38,6 +38,7 @@ PYTHON_ENV = "DEEPPLAN_PYTHON"
 """Interpreter for engine hosts (the Triton stub's own `sys.executable` is the stub binary, not Python)."""
 START_TIMEOUT_S = 120.0
 RETRIES = 4
+T = TypeVar("T")
 STATUS_TIMEOUT_S = 5.0
 
 
@@ -124,14 +125,7 @@ class HostedModel:
         self._evictions_before = 0  # evictions counted by hosts this model lived in before the current one
         self._host_evictions = 0
         self.info: dict[str, Any] = {}
-        for attempt in range(1, RETRIES + 1):
-            try:
-                self._open()
-                break
-            except HostDropped:
-                if attempt == RETRIES:
-                    raise
-                time.sleep(0.2 * attempt)
+        _retrying(self._open, HostDropped, self._drop)
 
     # ---- connection ---------------------------------------------------------------------------------------------
 
@@ -194,10 +188,7 @@ class HostedModel:
     # ---- requests -----------------------------------------------------------------------------------------------
 
     def answer(self, requests: Sequence[Mapping[str, np.ndarray | None]]) -> list[Answer]:
-        """One `Answer` per request; a lost host is restarted and the batch retried.
-
-        A host killed a moment ago may still accept on its socket while it dies, hence a few attempts.
-        """
+        """One `Answer` per request; a lost host is restarted and the batch retried (`_retrying`)."""
         answers: list[Answer | None] = [_unsendable(r) for r in requests]  # that request's own error, if any
         todo = [i for i, a in enumerate(answers) if a is None]
         if todo:
@@ -206,20 +197,17 @@ class HostedModel:
         return [a if a is not None else Answer(error="not answered") for a in answers]
 
     def _forward(self, requests: Sequence[Mapping[str, np.ndarray | None]]) -> list[Answer]:
+        def attempt() -> list[Answer]:
+            if self._sock is None:
+                self._open()
+            assert self._sock is not None
+            return self._exchange(self._sock, requests)
+
         with self._lock:
-            for attempt in range(1, RETRIES + 1):
-                try:
-                    if self._sock is None:
-                        self._open()
-                    assert self._sock is not None
-                    return self._exchange(self._sock, requests)
-                except (OSError, WireError, HostError) as exc:
-                    self._drop()
-                    if attempt == RETRIES:
-                        reason = f"engine host unavailable: {exc}"
-                        return [Answer(error=reason) for _ in requests]
-                    time.sleep(0.2 * attempt)
-        raise AssertionError("unreachable")
+            try:
+                return _retrying(attempt, (OSError, WireError, HostError), self._drop)
+            except (OSError, WireError, HostError) as exc:
+                return [Answer(error=f"engine host unavailable: {exc}") for _ in requests]
 
     def _exchange(self, sock: socket.socket, requests: Sequence[Mapping[str, np.ndarray | None]]) -> list[Answer]:
         names: list[list[str]] = []
@@ -289,6 +277,24 @@ class HostedModel:
         """Model unload: closing the connection makes the host evict and unregister the model."""
         with self._lock:
             self._drop()
+
+
+def _retrying(
+    fn: Callable[[], T], errors: type[BaseException] | tuple[type[BaseException], ...], cleanup: Callable[[], None]
+) -> T:
+    """`fn()`, tried up to RETRIES times while it raises `errors` (`cleanup` after each failure, growing pauses).
+
+    A host killed a moment ago may still accept on its socket while it dies, hence a few attempts.
+    """
+    for attempt in range(1, RETRIES + 1):
+        try:
+            return fn()
+        except errors:
+            cleanup()
+            if attempt == RETRIES:
+                raise
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
 
 
 def _unsendable(request: Mapping[str, np.ndarray | None]) -> Answer | None:
