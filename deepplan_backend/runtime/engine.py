@@ -190,9 +190,9 @@ class ColdStartEngine:
     def prepare(self, schedule: LoadSchedule) -> None:
         """Build the schedule's layout now (address range, weight views, chunk plan), not in the first cold start.
 
-        Serving calls this at model load: a device run measured a model's first cold start at ~180 ms against
-        ~28 ms for later ones (BERT-Base, H200), the difference being one-time set-up. No device memory stays
-        mapped.
+        Serving calls this at model load: in a device run (BERT-Base, H200, Fig. 12 sweep) first cold starts had a
+        median provisioning time of 89 ms against 23 ms for later ones, part of it one-time set-up. No device
+        memory stays mapped.
         """
         with self._on_target():
             self._layout(schedule)
