@@ -259,5 +259,4 @@ def test_killed_stubs_leave_no_shared_memory_behind(tmp_path):
                     http.infer("double", [inp])
                 except InferenceServerException:
                     time.sleep(0.5)
-        http.close()
     assert not list(Path("/dev/shm").glob(f"{prefix}*"))
