@@ -3,19 +3,26 @@
 # time limit so that one slow step cannot take the others' logs with it. Logs and CSVs go to OUT/logs
 # (default $OUT, else results/device), tarred at the end. Wheels: scripts/device_wheels.sh, installed first.
 #   scripts/device_suite.sh [STEP ...]     steps: tests triton scale fig12 limit (default: all)
+# SUITE_BUDGET_S (default 580): the whole run's limit; a step gets at most what is left of it, minus 15 s for
+# the tar, so that a device call's own limit never kills the run before its logs are packed.
 set -uo pipefail
 OUT=${OUT:-results/device}
 L="$OUT/logs"
 mkdir -p "$L"
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl > "$L/pip.log" 2>&1
+    # tritonclient's wheel pins a grpcio/protobuf the device lacks; scripts/device_wheels.sh unpacks it instead
+    [ -d .whl/site/tritonclient ] && cp -r .whl/site/tritonclient /tmp/site/
     export PYTHONPATH="/tmp/site:$PWD" PATH="/tmp/site/bin:$PATH"
 fi
 nvidia-smi > "$L/nvidia-smi.txt" 2>&1
 steps=${*:-tests triton scale fig12 limit}
+deadline=$(( $(date +%s) + ${SUITE_BUDGET_S:-580} - 15 ))
 run() {  # run NAME SECONDS CMD...
-    local name=$1 limit=$2
+    local name=$1 limit=$2 left=$(( deadline - $(date +%s) ))
     shift 2
+    (( left < limit )) && limit=$left
+    if (( limit < 10 )); then echo "== $name skipped: no time left" | tee -a "$L/steps.log"; return; fi
     echo "== $name (limit ${limit}s): $*" | tee -a "$L/steps.log"
     ( time timeout "$limit" "$@" ) > "$L/$name.log" 2>&1
     echo "   exit $?" | tee -a "$L/steps.log"

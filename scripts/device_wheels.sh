@@ -35,4 +35,17 @@ for wheel in folder.glob("nvidia_pytriton-*.whl"):
             zout.writestr(info, data)
     slim.replace(wheel)
 PYEOF
+# tritonclient's wheel carries perf_analyzer binaries (too big to carry) and pins grpcio/protobuf versions the
+# device lacks: keep only its pure-Python package, unpacked under DIR/site (device_suite.sh copies it in place).
+python3 - "$DIR" <<'PYEOF'
+import sys, zipfile
+from pathlib import Path
+folder = Path(sys.argv[1])
+for wheel in folder.glob("tritonclient-*.whl"):
+    with zipfile.ZipFile(wheel) as zin:
+        for name in zin.namelist():
+            if name.startswith("tritonclient/") and not name.endswith((".so", "/perf_analyzer", "/perf_client")):
+                zin.extract(name, folder / "site")
+    wheel.unlink()
+PYEOF
 du -sh "$DIR"
