@@ -14,9 +14,9 @@ A model says ``backend: "deepplan"`` and configures itself through ``parameters`
   shape are run as one batch (cold start per plan if the model is not resident). Outputs: ``output`` and
   ``cold_start`` ([B, 2] = [met a cold start 0/1, provisioning ms]).
 - Metrics (Triton's metrics port): ``deepplan_cold_starts_total``, ``deepplan_evictions_total``,
-  ``deepplan_resident_bytes``, and the provisioning-time histogram as counters
-  ``deepplan_provisioning_ms_bucket{le=...}``, ``deepplan_provisioning_ms_sum``, ``deepplan_provisioning_ms_count``
-  (the 2.41 Python backend offers only COUNTER and GAUGE metric kinds).
+  ``deepplan_resident_bytes``, and the provisioning-time histogram ``deepplan_provisioning_ms`` (``_bucket{le=...}``,
+  ``_sum``, ``_count``). Each metric update is a round trip to the Triton process (~25 us) made before the
+  response leaves, so a cold start makes two of them (counter, histogram), not one per bucket.
 """
 
 from __future__ import annotations
@@ -36,44 +36,33 @@ if TYPE_CHECKING:  # the front end imports only what its `process` mode needs
 
 METRICS_REFRESH_S = 1.0
 """How often a model's eviction count and resident bytes are refreshed without a request of its own."""
-PROVISION_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, float("inf"))
+PROVISION_BUCKETS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0)
+"""Upper bounds of the provisioning-time histogram's buckets (Prometheus adds ``+Inf``)."""
 
 
 class _Metrics:
     """The custom metric families of one instance (created once, in `initialize`)."""
 
     def __init__(self, labels: dict[str, str]) -> None:
-        counter, gauge = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE
+        family = pb_utils.MetricFamily
+        # The families must outlive their metrics (the stub refuses updates otherwise): keep them on self.
         self.families = [
-            pb_utils.MetricFamily("deepplan_cold_starts_total", "Requests that met a cold start", counter),
-            pb_utils.MetricFamily("deepplan_evictions_total", "Models evicted to make room for another", counter),
-            pb_utils.MetricFamily("deepplan_resident_bytes", "Device bytes held by the model", gauge),
-            pb_utils.MetricFamily(
-                "deepplan_provisioning_ms_bucket", "Cold-start provisioning time histogram (cumulative)", counter
-            ),
-            pb_utils.MetricFamily("deepplan_provisioning_ms_sum", "Sum of cold-start provisioning times", counter),
-            pb_utils.MetricFamily("deepplan_provisioning_ms_count", "Number of cold-start provisionings", counter),
+            family("deepplan_cold_starts_total", "Requests that met a cold start", family.COUNTER),
+            family("deepplan_evictions_total", "Models evicted to make room for another", family.COUNTER),
+            family("deepplan_resident_bytes", "Device bytes held by the model", family.GAUGE),
+            family("deepplan_provisioning_ms", "Cold-start provisioning time, ms", family.HISTOGRAM),
         ]
-        cold, evict, resident, bucket, total, count = self.families
+        cold, evict, resident, provisioning = self.families
         self.cold = cold.Metric(labels=labels)
         self.evictions = evict.Metric(labels=labels)
         self.resident = resident.Metric(labels=labels)
-        self.buckets = [
-            (le, bucket.Metric(labels={**labels, "le": "+Inf" if le == float("inf") else f"{le:g}"}))
-            for le in PROVISION_BUCKETS_MS
-        ]
-        self.sum = total.Metric(labels=labels)
-        self.count = count.Metric(labels=labels)
+        self.provisioning = provisioning.Metric(labels=labels, buckets=list(PROVISION_BUCKETS_MS))
         self.reported_evictions = 0
         self.lock = threading.Lock()
 
     def cold_start(self, provision_ms: float) -> None:
         self.cold.increment(1)
-        self.count.increment(1)
-        self.sum.increment(provision_ms)
-        for le, metric in self.buckets:
-            if provision_ms <= le:
-                metric.increment(1)
+        self.provisioning.observe(provision_ms)
 
     def sync(self, evictions: int, resident_bytes: int) -> None:
         """Publish the model's eviction count and resident bytes (from the request or the refresh thread)."""

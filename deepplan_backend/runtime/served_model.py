@@ -460,7 +460,10 @@ class ServedModel:
             groups.setdefault(signature, []).append((i, inputs))
         for members in groups.values():
             names = members[0][1].keys()
-            batch = {k: torch.cat([inputs[k] for _, inputs in members]) for k in names}
+            if len(members) == 1:  # the usual case at batch 1: no copy
+                batch = dict(members[0][1])
+            else:
+                batch = {k: torch.cat([inputs[k] for _, inputs in members]) for k in names}
             try:
                 output, cold, provision_ms = self.infer(batch)
             except Exception as exc:  # cold start failed, budget cannot fit, ...: every member gets the reason
