@@ -6,6 +6,9 @@ For each model and dtype, in one run on one machine: On-Demand and PipeSwitch (e
 DeepPlan (DHA+PT) with the cold and warm forward replayed as CUDA graphs, on each device set given (the best
 is reported). The limit is max(GPU time of the forward with resident weights — the warm graph replay —,
 bytes the best plan copies ÷ the aggregate H2D bandwidth of its devices, measured in this run).
+
+Every output (cold and warm, every configuration) is compared with On-Demand's: ``max_abs_diff`` and ``correct``
+(within `TOLERANCE` for the dtype); the exit code is 1 if any row is not correct.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from deepplan_backend.runtime.plan import PlanError
 from deepplan_backend.runtime.prepared import gpu_name, prepare
-from deepplan_backend.runtime.transfer import resolve_devices
-from deepplan_backend.runtime.zoo import PAPER_MODELS, parse_dtype
+from deepplan_backend.runtime.transfer import DeviceError, resolve_devices
+from deepplan_backend.runtime.zoo import PAPER_MODELS, ModelSourceError, parse_dtype
 from planner.__main__ import default_plan_repo, positive_int
 from planner.profiler import measure_links
 
@@ -38,17 +42,33 @@ COLUMNS = (
     "vs_pipeline",
     "vs_demand",
     "cold_over_limit",
+    "max_abs_diff",
+    "correct",
     "gpu_name",
     "date",
 )
+
+
+TOLERANCE = {"float32": 1e-3, "float16": 1e-2, "bfloat16": 5e-2}
+"""Largest |output - On-Demand output| accepted per dtype (same weights, possibly other kernels)."""
+
+
+def default_device_sets() -> list[str]:
+    """1, 2 and 4 GPUs (the paper's sets), as many as this machine has."""
+    import torch
+
+    count = torch.cuda.device_count()
+    return [",".join(str(d) for d in range(n)) for n in (1, 2, 4) if n <= max(count, 1)]
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m benchmark.coldstart_limit", description=__doc__)
     p.add_argument("-m", "--model", action="append", default=[])
     p.add_argument("--all", action="store_true")
-    p.add_argument("--dtypes", nargs="+", default=["float32"])
-    p.add_argument("--device-sets", nargs="+", default=["0", "0,1", "0,1,2,3"], help="comma-separated GPU ids")
+    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=sorted(TOLERANCE))
+    p.add_argument(
+        "--device-sets", nargs="+", default=None, help="comma-separated GPU ids (default: 1, 2 and 4 GPUs as present)"
+    )
     p.add_argument("-p", "--plan-repo", type=Path, default=None)
     p.add_argument("-n", "--repeats", type=positive_int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -57,15 +77,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the comparison and write CSV + JSON."""
+    """Run the comparison and write CSV + JSON; exit code 0, 1 (a wrong output) or 2 (cannot run)."""
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ModelSourceError, DeviceError, PlanError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     args.batch_size, args.seq_len, args.make_plans = 1, None, True
     repo = args.plan_repo or default_plan_repo()
-    sets = [tuple(int(d) for d in s.split(",")) for s in args.device_sets]
+    sets = [tuple(int(d) for d in s.split(",")) for s in args.device_sets or default_device_sets()]
     all_devices = resolve_devices(sorted({d for s in sets for d in s}))
     target = (sets[0][0],)  # the baselines run on the first set's target alone
     links = {s: measure_links(resolve_devices(list(s))) for s in {*sets, target}}
     rows = []
+    failures = 0
     for dtype in args.dtypes:
         for name in list(PAPER_MODELS) if args.all else args.model:
             prepared = prepare(name, dtype=parse_dtype(dtype))
@@ -78,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             best = min(deep, key=lambda r: r.cold_ms)
             gpu_exec = min(r.warm_ms for r in deep)  # graph replay with resident weights, host round trip included
             limit = max(gpu_exec, best.limit_ms)
+            diff = max((r.max_abs_diff for r in res), key=lambda d: (d != d, d))  # a NaN wins
+            correct = diff <= TOLERANCE[dtype]
+            failures += not correct
             row = {
                 "model": name,
                 "dtype": dtype,
@@ -90,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "vs_pipeline": pipeline.cold_ms / best.cold_ms,
                 "vs_demand": demand.cold_ms / best.cold_ms,
                 "cold_over_limit": best.cold_ms / limit,
+                "max_abs_diff": diff,
+                "correct": correct,
                 "gpu_name": gpu_name(all_devices[0]),
                 "date": dt.date.today().isoformat(),
             }
@@ -97,11 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"{name:14s} {dtype:8s} d={row['devices']:8s} cold {best.cold_ms:7.3f} warm {best.warm_ms:7.3f} "
                 f"limit {limit:7.3f} ({row['cold_over_limit']:.2f}x) | demand {demand.cold_ms:7.3f} "
-                f"pipeline {pipeline.cold_ms:7.3f} -> {row['vs_pipeline']:.2f}x vs pipeline",
+                f"pipeline {pipeline.cold_ms:7.3f} -> {row['vs_pipeline']:.2f}x vs pipeline"
+                f"{'' if correct else f' | WRONG OUTPUT (max diff {diff:.3g})'}",
                 flush=True,
             )
             write_records(rows, COLUMNS, args.output)
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

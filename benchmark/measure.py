@@ -2,7 +2,8 @@
 
 A cold sample is: evict (device bytes back to the driver), then one request that provisions while it runs,
 timed on the host from the request to its output on the CPU. The first samples pay one-time costs (kernel
-libraries, allocator) and are discarded as warm-up.
+libraries, allocator) and are discarded as warm-up. Every output is compared with the first configuration's
+first output (On-Demand in the tables: a plain copy-then-run of the same weights), so a fast wrong answer shows.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class Measurement:
     copied_bytes: int
     predicted_ms: float | None
     samples: int
+    max_abs_diff: float
+    """Largest |output - reference| over every cold and warm output of this configuration (see the module doc)."""
 
 
 def load_bound_ms(copied_bytes: int, links: LinkProfile, num_devices: int) -> float:
@@ -76,6 +79,8 @@ def measure_interleaved(
     cold: list[list[float]] = [[] for _ in runs]
     warm: list[list[float]] = [[] for _ in runs]
     copied = [0] * len(runs)
+    diff = [0.0] * len(runs)
+    reference: torch.Tensor | None = None
     try:
         for k in range(warmup + repeats):
             for i, (engine, (schedule, overlap)) in enumerate(zip(engines, schedules, strict=True)):
@@ -83,6 +88,12 @@ def measure_interleaved(
                 first = engine.infer(inputs, schedule, overlap)
                 second = engine.infer(inputs, schedule, overlap)
                 engine.evict()  # engines of one model share its module: only one may be bound at a time
+                if reference is None:
+                    reference = first.output.float()
+                for result in (first, second):
+                    gap = (result.output.float() - reference).abs().max().item() if reference.numel() else 0.0
+                    if not gap <= diff[i]:  # also records a NaN, which max() would drop
+                        diff[i] = gap
                 if k >= warmup:
                     cold[i].append(first.latency_ms)
                     warm[i].append(second.latency_ms)
@@ -102,6 +113,7 @@ def measure_interleaved(
             copied_bytes=copied[i],
             predicted_ms=plan.variant(run.engine, len(run.devices)).predicted_ms if plan is not None else None,
             samples=len(cold[i]),
+            max_abs_diff=diff[i],
         )
         for i, run in enumerate(runs)
     ]

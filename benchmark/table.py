@@ -27,6 +27,7 @@ COLUMNS = (
     "predicted_ms",
     "copied_bytes",
     "samples",
+    "max_abs_diff",
     "gpu_name",
     "date",
 )

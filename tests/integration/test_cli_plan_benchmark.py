@@ -135,6 +135,7 @@ def test_table_mode_writes_csv_and_json(dirs, capsys: pytest.CaptureFixture[str]
         assert float(row["limit_ms"]) >= 0
         assert row["devices"] != ""
         assert float(row["cold_ms"]) == pytest.approx(record["cold_ms"], abs=1e-4)
+        assert 0 <= record["max_abs_diff"] < 1e-5  # every engine's output checked against On-Demand's
 
 
 def test_table_mode_without_deepplan_needs_no_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -262,3 +263,14 @@ def test_plan_repo_environment_variable(
     assert (elsewhere / PLAN_FILE).is_file()
     monkeypatch.delenv("PLAN_REPO")
     assert default_plan_repo() == Path("plans")
+
+
+def test_coldstart_limit_refuses_clearly_without_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: tests/gpu cover the benchmark's path")
+    from benchmark.coldstart_limit import main as limit_main
+
+    rc = limit_main(["-m", "tiny-bert", "-p", str(tmp_path / "plans"), "-o", str(tmp_path / "x.csv")])
+    assert rc == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
