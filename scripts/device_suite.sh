@@ -2,7 +2,8 @@
 # Every GPU check and experiment of results/README.md in one run on a 4-GPU machine, each step under its own
 # time limit so that one slow step cannot take the others' logs with it. Logs and CSVs go to OUT/logs
 # (default $OUT, else results/device), tarred at the end. Wheels: scripts/device_wheels.sh, installed first.
-#   scripts/device_suite.sh [STEP ...]     steps: tests triton scale fig12 limit (default: all)
+#   scripts/device_suite.sh [STEP ...]     steps: tests triton triton_graphs engine scale fig12
+#                                          limit (default: all)
 # SUITE_BUDGET_S (default 580): the whole run's limit; a step gets at most what is left of it, minus 15 s for
 # the tar, so that a device call's own limit never kills the run before its logs are packed.
 set -uo pipefail
@@ -16,7 +17,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     export PYTHONPATH="/tmp/site:$PWD" PATH="/tmp/site/bin:$PATH"
 fi
 nvidia-smi > "$L/nvidia-smi.txt" 2>&1
-steps=${*:-tests triton scale fig12 limit}
+steps=${*:-tests triton triton_graphs engine scale fig12 limit}
 deadline=$(( $(date +%s) + ${SUITE_BUDGET_S:-580} - 15 ))
 run() {  # run NAME SECONDS CMD...
     local name=$1 limit=$2 left=$(( deadline - $(date +%s) ))
@@ -32,6 +33,10 @@ for step in $steps; do
         tests) run gpu_tests 150 python3 -m pytest -q -rs tests/gpu ;;
         triton) run triton_coldstart 240 python3 -m benchmark.triton_coldstart --out "$L/triton" \
             --models bert-base resnet50 --instances 8 --budget 2GiB ;;
+        triton_graphs) run triton_coldstart_graphs 240 python3 -m benchmark.triton_coldstart --graphs \
+            --out "$L/triton_graphs" --models bert-base resnet50 --instances 8 --budget 2GiB --skip-load-compare ;;
+        engine) run engine_standalone 120 python3 -m benchmark --table -m bert-base -m resnet50 --make-plans \
+            -p "$L/plans" --configs deepplan:0,1 -n 8 --warmup 2 -o "$L/engine_standalone.csv" ;;
         scale) run scale 300 python3 -m benchmark.triton_scale --model bert-base \
             --points shared:8 shared:200 instance:4 instance:8 --budget 2GiB --out "$L/scale" ;;
         fig12) run fig12 560 python3 -m loadtest.experiments.sweep --model bert-base --instances 20 40 80 \
