@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -290,11 +291,12 @@ def plan_or_make(prepared: PreparedModel, settings: ServeSettings, devices: list
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-DeviceRunner = Callable[[Callable[[], InferenceResult]], InferenceResult]
+T = TypeVar("T")
+DeviceRunner = Callable[[Callable[[], Any]], Any]
 """Runs the device part of a request somewhere (an engine host: on its single device thread)."""
 
 
-def _run_here(fn: Callable[[], InferenceResult]) -> InferenceResult:
+def _run_here(fn: Callable[[], T]) -> T:
     return fn()
 
 
@@ -315,8 +317,9 @@ class ServedModel:
 
         `exec_lock` serialises device work with other models of this process (an engine host runs many);
         by default the model has its own. `device_runner` runs the device part of a request (an engine host
-        passes its device thread); by default it runs on the caller's thread. Waiting for budget never happens
-        inside it, so a model waiting for room does not hold up the others.
+        passes its device thread); by default it runs on the caller's thread. Budget is taken inside it, right
+        before the device work: a request queued behind others must not pin room it cannot use yet (under load,
+        queued models held the whole budget and every request met a cold start).
         """
         self.settings = settings
         self.key = key
@@ -424,23 +427,24 @@ class ServedModel:
     def infer(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, bool, float]:
         """Run one (validated, possibly batched) input: (output FP32 CPU, met a cold start, provisioning ms).
 
-        Provisioning time covers making room (evicting others) and the cold-start request; 0 when warm.
+        Provisioning time covers making room (evicting others) and the cold-start request; 0 when warm. Time
+        spent queued behind other models' requests is not in it (the client sees it, the provisioning does not).
         """
-        start = time.perf_counter()
-        self.residency.acquire(self.key, self.need_bytes)  # may wait for room: on the caller's thread
-        resident = 0
-        try:
 
-            def on_device() -> InferenceResult:
+        def on_device() -> tuple[InferenceResult, float]:
+            start = time.perf_counter()
+            self.residency.acquire(self.key, self.need_bytes)  # may wait for room held by another process
+            resident = 0
+            try:
                 with self._lock, self._exec_lock:
-                    return self.engine.infer(inputs, self.schedule, self.overlap)
+                    result = self.engine.infer(inputs, self.schedule, self.overlap)
+                resident = self.engine.resident_bytes
+            finally:
+                self.residency.release(self.key, resident)
+            return result, (time.perf_counter() - start) * 1e3
 
-            result = self._device_runner(on_device)
-            resident = self.engine.resident_bytes
-        finally:
-            self.residency.release(self.key, resident)
-        provision_ms = (time.perf_counter() - start) * 1e3 if result.cold else 0.0
-        return result.output, result.cold, provision_ms
+        result, elapsed_ms = self._device_runner(on_device)
+        return result.output, result.cold, elapsed_ms if result.cold else 0.0
 
     def answer(self, requests: list[Mapping[str, np.ndarray | None]]) -> list[Answer]:
         """One `Answer` per request, in order.

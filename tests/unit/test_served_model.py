@@ -1,9 +1,11 @@
-"""ServedModel's device runner: only the device part of a request goes through it (an engine host's device
-thread); validation and waiting for budget stay on the caller's thread."""
+"""ServedModel's device runner: the device part of a request — taking budget, then the forward — goes through it
+(an engine host's device thread); validation and batching stay on the caller's thread."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +39,54 @@ def test_device_work_goes_through_the_runner_and_nothing_else(tmp_path: Path) ->
         assert not warm.cold and len(calls) == 2
     finally:
         served.close()
+
+
+def _settings(tmp_path: Path, budget: str) -> ServeSettings:
+    return ServeSettings.from_parameters(
+        {"model": "tiny-bert", "engine": "pipeline", "plan_repository": str(tmp_path / "plans"),
+         "residency_dir": str(tmp_path / "state"), "budget": budget}
+    )  # fmt: skip
+
+
+def test_a_request_queued_for_the_device_pins_no_budget(tmp_path: Path) -> None:
+    """Under load, queued requests that reserved budget evicted every idle model: all requests went cold."""
+    device = concurrent.futures.ThreadPoolExecutor(max_workers=1)  # an engine host's single device thread
+    lock = threading.Lock()
+    probe = ServedModel(_settings(tmp_path, "1GiB"), "probe#0", 1)
+    need = probe.need_bytes
+    probe.close()
+    budget = f"{2 * need + need // 2}B"  # room for two models, not three
+    models = {
+        name: ServedModel(
+            _settings(tmp_path, budget),
+            f"{name}#0",
+            1,
+            exec_lock=lock,
+            device_runner=lambda fn: device.submit(fn).result(),
+        )
+        for name in ("a", "b", "c")
+    }
+    x = np.random.default_rng(0).integers(0, 1000, (1, 8), dtype=np.int64)
+    gate = threading.Event()
+    try:
+        for name in ("a", "b"):
+            assert models[name].answer([{"input_ids": x}])[0].cold
+        device.submit(gate.wait)  # the device is busy with another model's request
+        client = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        try:
+            queued = client.submit(models["c"].answer, [{"input_ids": x}])
+            time.sleep(0.5)  # c's request waits in the device queue
+            state = models["a"].residency.snapshot()["models"]
+        finally:
+            gate.set()
+            client.shutdown()
+        assert state["a#0"]["resident"] and state["b#0"]["resident"], "a queued request evicted a model"
+        assert not state["c#0"]["in_use"] and state["c#0"]["bytes"] == 0, "a queued request holds budget"
+        assert queued.result(timeout=60)[0].cold
+        assert models["b"].answer([{"input_ids": x}])[0].cold is False  # c evicted the LRU model, a
+        assert models["a"].answer([{"input_ids": x}])[0].cold
+    finally:
+        gate.set()
+        for served in models.values():
+            served.close()
+        device.shutdown()
