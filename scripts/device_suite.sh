@@ -6,6 +6,8 @@
 #                                          limit (default: all)
 # SUITE_BUDGET_S (default 580): the whole run's limit; a step gets at most what is left of it, minus 15 s for
 # the tar, so that a device call's own limit never kills the run before its logs are packed.
+# FIG12_INSTANCES / FIG12_RATE / FIG12_DURATION_S (default "20 40 80" / 100 / 20): the paper's 4-GPU point set;
+# on 2 GPUs, "10 20 40" at 50 req/s keeps the per-GPU instance count and request rate.
 set -uo pipefail
 OUT=${OUT:-results/device}
 L="$OUT/logs"
@@ -39,8 +41,10 @@ for step in $steps; do
             -p "$L/plans" --configs deepplan:0,1 -n 8 --warmup 2 -o "$L/engine_standalone.csv" ;;
         scale) run scale 300 python3 -m benchmark.triton_scale --model bert-base \
             --points shared:8 shared:200 instance:4 instance:8 --budget 2GiB --out "$L/scale" ;;
-        fig12) run fig12 560 python3 -m loadtest.experiments.sweep --model bert-base --instances 20 40 80 \
-            --engines pipeline deepplan deepplan+pt --devices auto --rate 100 --duration-s 20 --drain-s 5 \
+        # shellcheck disable=SC2086  # FIG12_INSTANCES is a list
+        fig12) run fig12 560 python3 -m loadtest.experiments.sweep --model bert-base \
+            --instances ${FIG12_INSTANCES:-20 40 80} --engines pipeline deepplan deepplan+pt --devices auto \
+            --rate "${FIG12_RATE:-100}" --duration-s "${FIG12_DURATION_S:-20}" --drain-s 5 \
             --slo-ms 100 --budget 2GiB --out "$L/fig12" ;;
         limit) run coldstart_limit 560 python3 -m benchmark.coldstart_limit --all --dtypes float32 float16 \
             -p "$L/plans" -n 8 --warmup 2 -o "$L/coldstart_limit.csv" ;;
