@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepplan_backend.runtime import served_model
 from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
 
 
@@ -29,6 +30,7 @@ def test_device_work_goes_through_the_runner_and_nothing_else(tmp_path: Path) ->
          "residency_dir": str(tmp_path / "state"), "budget": "64MiB"}
     )  # fmt: skip
     served = ServedModel(settings, "m#1", 4, device_runner=runner)
+    calls.clear()  # the load's warm-up, if this process had not warmed up a tiny-bert yet
     try:
         x = np.random.default_rng(0).integers(0, 1000, (1, 8), dtype=np.int64)
         answers = served.answer([{"input_ids": x}, {"input_ids": x[:, :0]}, {"input_ids": x}])
@@ -90,3 +92,25 @@ def test_a_request_queued_for_the_device_pins_no_budget(tmp_path: Path) -> None:
         for served in models.values():
             served.close()
         device.shutdown()
+
+
+def test_the_first_model_of_a_kind_warms_up_at_load_and_leaves_the_device_empty(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(served_model, "_WARMED", set())
+    threads: list[str] = []
+
+    def runner(fn):
+        threads.append(threading.current_thread().name)
+        return fn()
+
+    first = ServedModel(_settings(tmp_path, "64MiB"), "a#0", 1, device_runner=runner)
+    second = ServedModel(_settings(tmp_path, "64MiB"), "b#0", 1, device_runner=runner)
+    try:
+        assert len(threads) == 3  # cold request, warm request, evict: all on the device runner; none for `second`
+        entry = first.residency.snapshot()["models"]["a#0"]
+        assert (entry["resident"], entry["bytes"], entry["in_use"]) == (False, 0, False)
+        assert first.engine.resident_bytes == 0 and first.evictions == 0  # not an eviction to make room
+        x = np.random.default_rng(1).integers(0, 1000, (1, 8), dtype=np.int64)
+        assert first.answer([{"input_ids": x}])[0].cold  # the device was left empty
+    finally:
+        first.close()
+        second.close()
