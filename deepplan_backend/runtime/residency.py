@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 STATE_DIR_ENV = "DEEPPLAN_RESIDENCY_DIR"
 """Environment variable naming the state folder (overrides the per-server default)."""
@@ -199,6 +200,32 @@ def _listener_for(state_dir: Path) -> _Listener:
         return listener
 
 
+class _StateFile:
+    """One process's access to a state folder, shared by all its `Residency` objects (a host has one per model).
+
+    flock excludes other open files, not other threads, so threads take `thread_lock` first; `cache` is the state
+    file's text and its parse as this process last saw them.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.pid = os.getpid()
+        self.thread_lock = threading.Lock()
+        self.lock_file: IO[str] = open(state_dir / "state.lock", "a+")  # noqa: SIM115 - open for the process's life
+        self.cache: tuple[str, dict] | None = None
+
+
+_state_files: dict[Path, _StateFile] = {}
+
+
+def _state_file_for(state_dir: Path) -> _StateFile:
+    with _listeners_lock:
+        state_file = _state_files.get(state_dir)
+        if state_file is None or state_file.pid != os.getpid():  # forked child: its own open file
+            state_file = _StateFile(state_dir)
+            _state_files[state_dir] = state_file
+        return state_file
+
+
 class Residency:
     """The shared budget of one server, as seen from one process.
 
@@ -210,40 +237,53 @@ class Residency:
     def __init__(self, state_dir: Path | str | None = None) -> None:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_path = self.state_dir / "state.lock"
         self._state_path = self.state_dir / "state.json"
         self._listener = _listener_for(self.state_dir)
         self._pid = os.getpid()
         self._start = _start_time(self._pid)
+        self._file = _state_file_for(self.state_dir)
 
     # ---- state file -------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict]:
-        # Every request takes this twice, and the state grows with the models (200 models: ~50 KB): one parse and
-        # one serialisation per use, compared with the text read, keep it to ~1 ms on a slow CPU.
-        with open(self._lock_path, "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        # Every request takes this twice and the state grows with the models (200 models: ~45 KB), so a use costs
+        # one read, one serialisation and, if the state changed, one write; the parse is skipped when the file
+        # still holds the text this process last saw (the usual case: one engine host per GPU).
+        shared = self._file
+        with shared.thread_lock:
+            fcntl.flock(shared.lock_file, fcntl.LOCK_EX)
             try:
                 text, state = self._read()
                 self._reclaim(state)
-                yield state
+                try:
+                    yield state
+                except BaseException:
+                    shared.cache = None  # the caller may have changed the state half-way: not what the file holds
+                    raise
                 new = json.dumps(state, separators=(",", ":"))
                 if new != text:  # json keeps key order: an unchanged state serialises to the text it came from
                     tmp = self._state_path.with_suffix(f".{self._pid}.tmp")
                     tmp.write_text(new)
                     os.replace(tmp, self._state_path)
+                shared.cache = (new, state)
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                fcntl.flock(shared.lock_file, fcntl.LOCK_UN)
 
     def _read(self) -> tuple[str, dict]:
         try:
             text = self._state_path.read_text()
-            state = json.loads(text)
-        except (OSError, ValueError):
-            text, state = "", {}
+        except OSError:
+            text = ""
+        cache = self._file.cache
+        if cache is not None and cache[0] == text:
+            return cache
+        try:
+            state = json.loads(text) if text else {}
+        except ValueError:
+            state = {}
         if not isinstance(state, dict):
-            text, state = "", {}
+            state = {}
         state.setdefault("budgets", {})
         state.setdefault("models", {})
         state.setdefault("waiters", {})

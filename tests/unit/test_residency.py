@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
+import queue
 import signal
 import time
 
@@ -41,6 +43,7 @@ def owner(state_dir: str, keys: list[str], nbytes: int, budget: int, cmds, event
             if op == "hold":  # stay in use until told
                 events.put(("holding", key, grant.warm))
                 cmds.get()
+            events.put(("ran", key))  # still in use: an eviction of `key` can only be reported after this
             res.release(key, nbytes)
             events.put(("done", key, grant.warm))
         except Exception as exc:
@@ -151,3 +154,36 @@ def test_budget_busy_times_out(tmp_path):
     res.release("x", 8)
     grant = res.acquire("y", 8, timeout_s=2)  # same process: x evicted through the own listener
     assert not grant.warm and grant.evicted == ("x",)
+
+
+def test_concurrent_owners_lose_no_update(tmp_path, procs):
+    """Two processes taking turns as fast as they can: every write of one must be seen by the other (each
+    process caches the state it last wrote and re-parses only when the file changed)."""
+    owners = [procs([f"{p}{i}" for i in range(3)]) for p in "ab"]
+    rounds = 25
+    for i in range(rounds):
+        for (_, cmds, _), p in zip(owners, "ab", strict=True):
+            cmds.put(("run", f"{p}{(i * 2) % 3}"))
+    resident: dict[str, bool] = {}  # from each owner's own events, in order: ran -> resident, evicted -> not
+    done = dict.fromkeys("ab", 0)
+    while min(done.values()) < rounds:  # both finished: no eviction is reported after this but the queued ones
+        for (_, _, events), p in zip(owners, "ab", strict=True):
+            with contextlib.suppress(queue.Empty):
+                ev = events.get(timeout=0.05)
+                assert ev[0] != "error", ev
+                if ev[0] == "ran":
+                    resident[ev[1]] = True
+                elif ev[0] == "evicted":
+                    resident[ev[1]] = False
+                done[p] += ev[0] == "done"
+    for _, _, events in owners:
+        with contextlib.suppress(queue.Empty):
+            while True:
+                ev = events.get(timeout=0.5)
+                if ev[0] == "evicted":
+                    resident[ev[1]] = False
+    snap = Residency(tmp_path).snapshot()
+    assert sorted(snap["models"]) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+    assert not any(e["in_use"] for e in snap["models"].values())
+    assert sum(resident.values()) <= 2, resident  # 2 x 40 MB fit the 100 MB budget, 3 do not
+    assert {k for k, v in resident.items() if v} == {k for k, e in snap["models"].items() if e["resident"]}
