@@ -107,6 +107,12 @@ def add_common_arguments(parser: Any) -> None:
         help="after the last arrival, wait at most this long for outstanding responses (default 30)",
     )
     arg("--request-timeout-s", type=float, default=60.0, help="per-request client timeout (default 60)")
+    arg(
+        "--warmup-s",
+        type=float,
+        default=0.0,
+        help="requests sent before this are left out of the summary's steady-state figures (default 0)",
+    )
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,7 @@ class OpenLoopOptions:
     seq_len: int
     drain_s: float
     request_timeout_s: float
+    warmup_s: float = 0.0
 
 
 def resolve_models(models: str, prefix: str, instances: int) -> tuple[str, ...]:
@@ -160,9 +167,12 @@ def options_from(parsed: Namespace) -> OpenLoopOptions:
         seq_len=int(parsed.seq_len),
         drain_s=float(parsed.drain_s),
         request_timeout_s=float(parsed.request_timeout_s),
+        warmup_s=float(parsed.warmup_s),
     )
-    if opts.rate <= 0 or opts.slo_ms <= 0 or opts.drain_s < 0:
-        raise ValueError(f"--rate ({opts.rate}) and --slo-ms ({opts.slo_ms}) must be > 0, --drain-s >= 0")
+    if opts.rate <= 0 or opts.slo_ms <= 0 or opts.drain_s < 0 or opts.warmup_s < 0:
+        raise ValueError(
+            f"--rate ({opts.rate}) and --slo-ms ({opts.slo_ms}) must be > 0, --drain-s and --warmup-s >= 0"
+        )
     return opts
 
 
@@ -294,7 +304,7 @@ class ReplayRun:
             "schedule_requests": len(self.schedule),
             "schedule_duration_s": self.schedule.duration_s,
         }
-        summary = summarize(records, self.opts.slo_ms, duration, self.opts.rate, scheduled, info)
+        summary = summarize(records, self.opts.slo_ms, duration, self.opts.rate, scheduled, info, self.opts.warmup_s)
         path = write_summary(out / SUMMARY_FILE, summary)
         write_plots(records, out, self.opts.slo_ms, duration)
         LOGGER.info(

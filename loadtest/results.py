@@ -13,7 +13,10 @@ Definitions used by the summary:
 - achieved rate = sent requests / ``max(duration, last send time)``: a dispatcher that falls behind
   stretches its sends past the schedule's end and the rate drops below the scheduled one;
 - dispatch lag = send time - scheduled time (the open-loop dispatcher's own delay);
-- throughput = successful requests / (time the last response arrived).
+- throughput = successful requests / (time the last response arrived);
+- steady state (``steady``) = the same counts, percentiles, goodput and cold-start rate over the requests sent
+  at or after ``warmup_s``: a short test's first second holds the server's one-time start-up costs, which
+  a run of minutes (the paper's) averages away but a 12 s point does not.
 """
 
 from __future__ import annotations
@@ -144,6 +147,7 @@ def summarize(
     target_rate: float | None = None,
     scheduled_requests: int | None = None,
     run: dict[str, Any] | None = None,
+    warmup_s: float = 0.0,
 ) -> dict[str, Any]:
     """Summary of a test from its per-request log (definitions in the module docstring).
 
@@ -155,7 +159,10 @@ def summarize(
         scheduled_requests: how many requests the schedule held (more than ``len(records)`` when the
             test was stopped early).
         run: free-form description of the run (options, schedule), copied into the summary.
+        warmup_s: requests sent before this many seconds are left out of the ``steady`` figures.
     """
+    if warmup_s < 0:
+        raise ValueError(f"warmup_s must be >= 0, got {warmup_s}")
     last_send = max((r.send_s for r in records), default=0.0)
     span = max(duration_s or 0.0, last_send)
     ok_lat = [r.latency_ms for r in records if r.ok]
@@ -189,6 +196,7 @@ def summarize(
         "achieved_rate_rps": len(records) / span if span > 0 else None,
         "throughput_rps": len(ok_lat) / makespan if makespan > 0 else None,
         "dispatch_lag_ms": {"p50": percentile(lags, 50), "p99": percentile(lags, 99), "max": max(lags, default=None)},
+        "steady": {"warmup_s": warmup_s, **_group_stats([r for r in records if r.send_s >= warmup_s], slo_ms)},
         "per_model": {m: _group_stats(rs, slo_ms) for m, rs in sorted(by_model.items())},
         "run": run or {},
     }
@@ -250,9 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slo-ms", type=float, default=100.0, help="latency SLO in ms, default 100")
     parser.add_argument("--duration-s", type=float, default=None, help="schedule length; default: last send time")
     parser.add_argument("--target-rate", type=float, default=None, help="configured rate to report, req/s")
+    parser.add_argument(
+        "--warmup-s", type=float, default=0.0, help="leave requests sent before this out of `steady` (default 0)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here instead of printing it")
     args = parser.parse_args(argv)
-    summary = summarize(read_log(args.log), args.slo_ms, args.duration_s, args.target_rate)
+    if args.warmup_s < 0:
+        parser.error(f"--warmup-s must be >= 0, got {args.warmup_s}")
+    summary = summarize(read_log(args.log), args.slo_ms, args.duration_s, args.target_rate, warmup_s=args.warmup_s)
     if args.out:
         print(write_summary(args.out, summary))
     else:

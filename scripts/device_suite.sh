@@ -45,7 +45,7 @@ for step in $steps; do
         fig12) run fig12 560 python3 -m loadtest.experiments.sweep --model bert-base \
             --instances ${FIG12_INSTANCES:-20 40 80} --engines pipeline deepplan deepplan+pt --devices auto \
             --rate "${FIG12_RATE:-100}" --duration-s "${FIG12_DURATION_S:-20}" --drain-s 5 \
-            --slo-ms 100 --budget 2GiB --out "$L/fig12" ;;
+            --slo-ms 100 --warmup-s 2 --budget 2GiB --out "$L/fig12" ;;
         limit) run coldstart_limit 560 python3 -m benchmark.coldstart_limit --all --dtypes float32 float16 \
             -p "$L/plans" -n 8 --warmup 2 -o "$L/coldstart_limit.csv" ;;
         *) echo "unknown step $step" >&2; exit 2 ;;

@@ -52,6 +52,10 @@ COLUMNS = (
     "goodput_pct",
     "cold_start_pct",
     "cold_starts",
+    "warmup_s",
+    "p99_steady_ms",
+    "goodput_steady_pct",
+    "cold_start_steady_pct",
     "throughput_rps",
     "achieved_rate_rps",
     "budget",
@@ -356,6 +360,8 @@ def row_of(
     """One CSV row from a point's summary."""
     s = res.summary or {}
     cold = s.get("cold_start_rate")
+    steady = s.get("steady") or {}
+    steady_cold = steady.get("cold_start_rate")
     return {
         "engine": engine,
         "instances": instances,
@@ -369,6 +375,10 @@ def row_of(
         "goodput_pct": s.get("goodput_pct"),
         "cold_start_pct": None if cold is None else 100.0 * cold,
         "cold_starts": s.get("cold_starts"),
+        "warmup_s": steady.get("warmup_s"),
+        "p99_steady_ms": steady.get("p99_ms"),
+        "goodput_steady_pct": steady.get("goodput_pct"),
+        "cold_start_steady_pct": None if steady_cold is None else 100.0 * steady_cold,
         "throughput_rps": s.get("throughput_rps"),
         "achieved_rate_rps": s.get("achieved_rate_rps"),
         "budget": budget,
@@ -446,6 +456,9 @@ def add_common_arguments(p: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="arrival schedule seed (default 0)")
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="client protocol (default grpc)")
     p.add_argument("--drain-s", type=float, default=30.0, help="wait for stragglers after the last arrival")
+    p.add_argument(
+        "--warmup-s", type=float, default=0.0, help="leave the first seconds out of the steady-state columns"
+    )
     p.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for all models (default 900)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
 
@@ -463,6 +476,8 @@ def check_common(p: Any, args: Any, models: Sequence[str]) -> None:
             p.error(f"{m!r} is not a zoo model ({', '.join(zoo.ZOO)})")
     if args.rate <= 0 or args.slo_ms <= 0:
         p.error("--rate and --slo-ms must be > 0")
+    if args.warmup_s < 0:
+        p.error("--warmup-s must be >= 0")
     if args.budget:
         from deepplan_backend.runtime.served_model import parse_size
 
@@ -492,4 +507,6 @@ def locust_common(args: Any) -> list[str]:
         args.protocol,
         "--drain-s",
         str(args.drain_s),
+        "--warmup-s",
+        str(args.warmup_s),
     ]

@@ -94,6 +94,20 @@ def test_per_model_breakdown():
     assert b["cold_starts"] == 3 and b["cold_start_rate"] == pytest.approx(3 / 45)
 
 
+def test_steady_state_leaves_the_warm_up_out():
+    s = summarize(hand_built_log(), slo_ms=90.0, warmup_s=5.0)
+    steady = s["steady"]
+    # Sent at >= 5 s: requests 50..103 (0.1 i + 0.002 s): latencies 51..100 and the 4 errors.
+    assert steady["warmup_s"] == 5.0 and (steady["requests"], steady["ok"], steady["errors"]) == (54, 50, 4)
+    assert steady["p50_ms"] == 75.0 and steady["p99_ms"] == 100.0
+    assert steady["goodput_pct"] == pytest.approx(100.0 * 40 / 54)  # 51..90 within 90 ms
+    assert steady["cold_starts"] == 5 and steady["cold_start_rate"] == pytest.approx(5 / 50)
+    whole = summarize(hand_built_log(), slo_ms=90.0)["steady"]
+    assert whole["warmup_s"] == 0.0 and whole["requests"] == 104 and whole["p99_ms"] == 99.0
+    with pytest.raises(ValueError, match="warmup_s"):
+        summarize(hand_built_log(), slo_ms=90.0, warmup_s=-1.0)
+
+
 def test_empty_log_summarizes_to_nones():
     s = summarize([], slo_ms=100.0, duration_s=5.0)
     assert s["requests"] == 0 and s["p99_ms"] is None and s["goodput_pct"] is None
@@ -133,6 +147,8 @@ def test_results_cli_and_plots(tmp_path, capsys):
     assert results_main([str(log), "--slo-ms", "90", "--duration-s", "10", "--out", str(tmp_path / "s.json")]) == 0
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["goodput_pct"] == pytest.approx(100.0 * 90 / 104)
+    assert results_main([str(log), "--slo-ms", "90", "--warmup-s", "5", "--out", str(tmp_path / "w.json")]) == 0
+    assert json.loads((tmp_path / "w.json").read_text())["steady"]["requests"] == 54
     paths = write_plots(read_log(log), tmp_path / "plots", slo_ms=90.0, duration_s=10.0)
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
