@@ -347,27 +347,12 @@ def run_point(
     return res
 
 
-def row_of(
-    engine: str,
-    instances: int,
-    models: Sequence[str],
-    rate: float,
-    slo_ms: float,
-    budget: str,
-    dev: Devices,
-    res: PointResult,
-) -> dict[str, Any]:
-    """One CSV row from a point's summary."""
-    s = res.summary or {}
-    cold = s.get("cold_start_rate")
+def summary_fields(summary: dict[str, Any] | None) -> dict[str, Any]:
+    """The CSV columns that come from a point's summary (all None for a point without one)."""
+    s = summary or {}
     steady = s.get("steady") or {}
-    steady_cold = steady.get("cold_start_rate")
+    cold, steady_cold = s.get("cold_start_rate"), steady.get("cold_start_rate")
     return {
-        "engine": engine,
-        "instances": instances,
-        "models": "+".join(models),
-        "rate": rate,
-        "slo_ms": slo_ms,
         "requests": s.get("requests"),
         "errors": s.get("errors"),
         "p50_ms": s.get("p50_ms"),
@@ -381,6 +366,27 @@ def row_of(
         "cold_start_steady_pct": None if steady_cold is None else 100.0 * steady_cold,
         "throughput_rps": s.get("throughput_rps"),
         "achieved_rate_rps": s.get("achieved_rate_rps"),
+    }
+
+
+def row_of(
+    engine: str,
+    instances: int,
+    models: Sequence[str],
+    rate: float,
+    slo_ms: float,
+    budget: str,
+    dev: Devices,
+    res: PointResult,
+) -> dict[str, Any]:
+    """One CSV row from a point's summary."""
+    return {
+        "engine": engine,
+        "instances": instances,
+        "models": "+".join(models),
+        "rate": rate,
+        "slo_ms": slo_ms,
+        **summary_fields(res.summary),
         "budget": budget,
         "gpu_name": dev.gpu_name,
         "num_gpus": len(dev.gpu_ids),

@@ -69,15 +69,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, slo_ms: float, title: str = "") -> Path:
-    """p99 latency, goodput and cold-start rate vs. instance count, one line per engine."""
+    """p99 latency, goodput and cold-start rate vs. instance count, one line per engine.
+
+    With a warm-up (``warmup_s`` > 0) the steady-state figures are drawn too, dashed, in the engine's colour.
+    """
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    panels = (("p99_ms", "p99 latency (ms)"), ("goodput_pct", "goodput (%)"), ("cold_start_pct", "cold starts (%)"))
+    panels = (
+        ("p99_ms", "p99_steady_ms", "p99 latency (ms)"),
+        ("goodput_pct", "goodput_steady_pct", "goodput (%)"),
+        ("cold_start_pct", "cold_start_steady_pct", "cold starts (%)"),
+    )
     engines = list(dict.fromkeys(r["engine"] for r in rows))
-    for ax, (key, label) in zip(axes, panels, strict=True):
+    warmup = max((r.get("warmup_s") or 0.0 for r in rows), default=0.0)
+    for ax, (key, steady_key, label) in zip(axes, panels, strict=True):
         for engine in engines:
-            pts = sorted((r["instances"], r[key]) for r in rows if r["engine"] == engine and r[key] is not None)
-            if pts:
-                ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=engine)
+            mine = [r for r in rows if r["engine"] == engine]
+            pts = sorted((r["instances"], r[key]) for r in mine if r.get(key) is not None)
+            if not pts:
+                continue
+            (line,) = ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=engine)
+            steady = sorted((r["instances"], r[steady_key]) for r in mine if r.get(steady_key) is not None)
+            if warmup > 0 and steady:
+                xs, ys = [x for x, _ in steady], [y for _, y in steady]
+                after = f"{engine}, after {warmup:g} s"
+                ax.plot(xs, ys, marker="x", linestyle="--", color=line.get_color(), label=after)
         if key == "p99_ms":
             ax.axhline(slo_ms, color="red", linestyle="--", label=f"SLO {slo_ms:g} ms")
             ax.set_yscale("log")
@@ -86,7 +101,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, slo_ms: float, title:
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+            ax.legend(fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
