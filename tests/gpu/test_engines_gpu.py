@@ -160,3 +160,35 @@ def test_target_other_than_gpu0_from_a_thread_on_gpu0() -> None:
         )
         engine.evict()
     engine.close()
+
+
+def test_served_model_warms_up_at_load_on_its_device_thread(tmp_path, monkeypatch) -> None:
+    """The load-time warm-up runs on the GPU through the device runner and leaves the device empty; the first
+    request is still a correct cold start (budget and residency as in an engine host)."""
+    import concurrent.futures
+
+    import numpy as np
+
+    from deepplan_backend.runtime import served_model
+    from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
+
+    monkeypatch.setattr(served_model, "_WARMED", set())
+    monkeypatch.setenv("DEEPPLAN_ALLOWED_ROOTS", f"{tmp_path / 'plans'}:{tmp_path / 'state'}")
+    device = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    settings = ServeSettings.from_parameters(
+        {"model": "tiny-bert", "engine": "pipeline", "devices": "0", "plan_repository": str(tmp_path / "plans"),
+         "residency_dir": str(tmp_path / "state"), "budget": "256MiB"},
+        model_dir=tmp_path,
+    )  # fmt: skip
+    served = ServedModel(settings, "w#0", 1, device_runner=lambda fn: device.submit(fn).result())
+    try:
+        assert served.engine.resident_bytes == 0 and served.evictions == 0
+        assert not served.residency.snapshot()["models"]["w#0"]["resident"]
+        x = np.random.default_rng(3).integers(0, 1000, (1, 8), dtype=np.int64)
+        first = served.answer([{"input_ids": x}])[0]
+        assert first.error is None and first.cold
+        expected = _reference("tiny-bert", "float32", {"input_ids": torch.from_numpy(x)})
+        torch.testing.assert_close(torch.from_numpy(first.output), expected, rtol=1e-4, atol=1e-4)
+    finally:
+        served.close()
+        device.shutdown()
