@@ -68,8 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = summarize(read_log(log), slo_ms, duration, row.get("rate"), warmup_s=args.warmup_s)
         row.update(summary_fields(summary), slo_ms=slo_ms)
         say(
-            f"{row['engine']} n={row['instances']}: p99 {row['p99_ms']} ms, steady p99 {row['p99_steady_ms']} ms "
-            f"(after {args.warmup_s:g} s), goodput {row['goodput_pct']:.1f} %"
+            f"{row.get('engine')} n={row.get('instances')}: p99 {row['p99_ms']} ms, steady p99 "
+            f"{row['p99_steady_ms']} ms (after {args.warmup_s:g} s), goodput {row['goodput_pct']} %"
         )
     doc["resummarized"] = {"slo_ms": slo_ms, "warmup_s": args.warmup_s, "from": str(args.table)}
     out = args.out or args.table.parent
