@@ -255,12 +255,11 @@ class Residency:
             fcntl.flock(shared.lock_file, fcntl.LOCK_EX)
             try:
                 text, state = self._read()
+                # From here the dict may differ from the file until the write below succeeds: a failure anywhere
+                # (the caller, reclaim, a full /dev/shm) must not leave it in the cache as if it were the file.
+                shared.cache = None
                 self._reclaim(state)
-                try:
-                    yield state
-                except BaseException:
-                    shared.cache = None  # the caller may have changed the state half-way: not what the file holds
-                    raise
+                yield state
                 new = json.dumps(state, separators=(",", ":"))
                 if new != text:  # json keeps key order: an unchanged state serialises to the text it came from
                     tmp = self._state_path.with_suffix(f".{self._pid}.tmp")

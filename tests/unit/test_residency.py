@@ -187,3 +187,26 @@ def test_concurrent_owners_lose_no_update(tmp_path, procs):
     assert not any(e["in_use"] for e in snap["models"].values())
     assert sum(resident.values()) <= 2, resident  # 2 x 40 MB fit the 100 MB budget, 3 do not
     assert {k for k, v in resident.items() if v} == {k for k, e in snap["models"].items() if e["resident"]}
+
+
+def test_a_failed_state_write_is_not_saved_later(tmp_path, monkeypatch):
+    """A write that fails (e.g. /dev/shm full) fails its call and leaves the file as it was; the changed state
+    must not survive in this process's cache and be written by the next, unrelated call."""
+    from deepplan_backend.runtime import residency as residency_module
+
+    res = Residency(tmp_path)
+    res.register("a", "dev0", 100 * MB, lambda: None)
+
+    def full(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(residency_module.os, "replace", full)
+        with pytest.raises(OSError):
+            res.acquire("a", 40 * MB)
+    assert res.budget("dev0") == 100 * MB  # an unrelated call that writes nothing new
+    entry = res.snapshot()["models"]["a"]
+    assert (entry["in_use"], entry["bytes"]) == (False, 0)
+    res.acquire("a", 40 * MB)  # and the residency still works
+    res.release("a", 40 * MB)
+    assert res.snapshot()["models"]["a"]["resident"]
