@@ -64,6 +64,10 @@ class BudgetBusy(ResidencyError):
     """The budget stayed held by models in use for longer than the wait limit."""
 
 
+class RoomBusy(BudgetBusy):
+    """``acquire(..., wait=False)``: the room is held by models in use right now (see `Residency.wait_for_room`)."""
+
+
 def default_state_dir() -> Path:
     """``$DEEPPLAN_RESIDENCY_DIR``, else one folder per server: the stubs' parent process is ``tritonserver``."""
     env = os.environ.get(STATE_DIR_ENV)
@@ -350,11 +354,13 @@ class Residency:
         snap = self.snapshot()
         return sum(e["bytes"] for e in snap["models"].values() if e["device"] == device)
 
-    def acquire(self, key: str, need: int, timeout_s: float = WAIT_TIMEOUT_S) -> Grant:
+    def acquire(self, key: str, need: int, timeout_s: float = WAIT_TIMEOUT_S, wait: bool = True) -> Grant:
         """Mark `key` in use and make room for `need` bytes unless it is resident already.
 
         Raises DoesNotFit when `need` exceeds the whole budget, BudgetBusy when models in use kept the room
-        for `timeout_s`, ResidencyError when a victim could not be evicted.
+        for `timeout_s`, ResidencyError when a victim could not be evicted. With ``wait=False``, RoomBusy at once
+        instead of waiting for models in use (a caller that must not block, like an engine host's device thread,
+        waits with `wait_for_room` elsewhere and tries again).
         """
         deadline = time.monotonic() + timeout_s
         evicted: list[str] = []
@@ -369,28 +375,51 @@ class Residency:
                         entry.update(bytes=need, resident=False)
                     state["waiters"].pop(self._listener.name, None)
                     return Grant(outcome == "warm", tuple(evicted))
+                targets = []
                 if outcome == "evict":
                     for v in victims:
                         state["models"][v]["evicting"] = self._pid
                     targets = [(v, state["models"][v]["socket"]) for v in victims]
-                else:  # wait: the room is held by models in use (or being evicted by others)
+                elif wait:  # the room is held by models in use (or being evicted by others)
                     state["waiters"][self._listener.name] = {"pid": self._pid, "start": self._start}
-                    targets = []
             if targets:
                 self._evict_all(targets)
                 evicted.extend(v for v, _ in targets)
                 continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                with self._locked() as state:
+            if not wait:
+                raise RoomBusy(f"{key}: no room for {need} bytes now: the budget is held by models in use")
+            self._sleep_until_woken(key, need, generation, deadline, timeout_s)
+
+    def wait_for_room(self, key: str, need: int, timeout_s: float = WAIT_TIMEOUT_S) -> None:
+        """Wait, reserving nothing, until `acquire(key, need)` would not have to wait for models in use.
+
+        Another process may take the room first: the caller then tries again (acquire with ``wait=False``).
+        Raises DoesNotFit or BudgetBusy like `acquire`.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            generation = self._listener.generation
+            with self._locked() as state:
+                _, outcome = self._plan(state, key, self._entry(state, key), need)
+                if outcome != "wait":
                     state["waiters"].pop(self._listener.name, None)
-                raise BudgetBusy(
-                    f"{key}: no room for {need} bytes within {timeout_s:.0f} s: the budget is held by models in use"
-                )
-            with self._listener.wake:
-                if self._listener.generation == generation:
-                    # Woken by a release (or an eviction finishing); the cap only bounds a lost wake-up.
-                    self._listener.wake.wait(timeout=min(remaining, 5.0))
+                    return
+                state["waiters"][self._listener.name] = {"pid": self._pid, "start": self._start}
+            self._sleep_until_woken(key, need, generation, deadline, timeout_s)
+
+    def _sleep_until_woken(self, key: str, need: int, generation: int, deadline: float, timeout_s: float) -> None:
+        """Sleep until a release wakes this process's listener; BudgetBusy, no longer a waiter, past the deadline."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            with self._locked() as state:
+                state["waiters"].pop(self._listener.name, None)
+            raise BudgetBusy(
+                f"{key}: no room for {need} bytes within {timeout_s:.0f} s: the budget is held by models in use"
+            )
+        with self._listener.wake:
+            if self._listener.generation == generation:
+                # Woken by a release (or an eviction finishing); the cap only bounds a lost wake-up.
+                self._listener.wake.wait(timeout=min(remaining, 5.0))
 
     def release(self, key: str, resident_bytes: int) -> None:
         """The request of `key` ended; `resident_bytes` stay on the device (0 if the cold start failed)."""

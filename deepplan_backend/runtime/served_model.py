@@ -35,7 +35,7 @@ from .path_policy import PathPolicy, PathPolicyError
 from .plan import ENGINES, Plan, PlanError
 from .plan_repository import load_plan, plan_path, save_plan
 from .prepared import PreparedModel, gpu_name, prepare_shared
-from .residency import BUDGET_ENV, DEFAULT_RESERVE_BYTES, Residency, default_state_dir
+from .residency import BUDGET_ENV, DEFAULT_RESERVE_BYTES, WAIT_TIMEOUT_S, Residency, RoomBusy, default_state_dir
 from .schedules import schedule_for
 from .transfer import DeviceError, resolve_devices
 from .zoo import IMAGE_SIZE, ZOO, parse_dtype
@@ -294,6 +294,8 @@ def plan_or_make(prepared: PreparedModel, settings: ServeSettings, devices: list
 _WARMED: set[tuple] = set()
 """Kinds of model (name, dtype, engine, seq_len, target) this process has warmed up (`ServedModel._warm_up`)."""
 _WARMED_LOCK = threading.Lock()
+WARM_UP_ROOM_TIMEOUT_S = 10.0
+"""How long a load's warm-up waits for room held by other requests before it gives up (the load goes on)."""
 T = TypeVar("T")
 DeviceRunner = Callable[[Callable[[], Any]], Any]
 """Runs the device part of a request somewhere (an engine host: on its single device thread)."""
@@ -369,25 +371,25 @@ class ServedModel:
         of the device thread — that are not the cold start's (on an H200: 160 ms of provisioning for a host's
         first BERT-Base, 45-84 ms first requests against ~17 ms later ones). They are paid here instead, through
         the residency like any request (so the budget holds), and the device is left empty again. Identical models
-        share the kernels: only the first of a kind warms up. A failure is reported by the first request instead.
+        share the kernels: only the first of a kind warms up (so with ``graphs`` each later model still captures
+        its own graph at its first warm request). A failure is reported by the first request instead.
         """
-        kind = (self.model.name, self.settings.dtype, self.settings.engine, self.settings.seq_len, self.device_name)
+        s = self.settings
+        kind = (self.model.name, s.dtype, s.engine, s.seq_len, s.graphs, tuple(str(d) for d in self.devices))
         with _WARMED_LOCK:
             if kind in _WARMED:
                 return
             _WARMED.add(kind)
-        inputs = self.model.example_inputs(1, self.settings.seq_len)
         try:
-            self.infer(inputs)
-            self.infer(inputs)
+            inputs = self.model.example_inputs(1, s.seq_len)
+            self.infer(inputs, room_timeout_s=WARM_UP_ROOM_TIMEOUT_S)
+            self.infer(inputs, room_timeout_s=WARM_UP_ROOM_TIMEOUT_S)
 
             def evict_uncounted() -> None:  # not an eviction to make room: no metric, empty device
-                self.residency.acquire(self.key, self.need_bytes)
-                try:
-                    with self._lock, self._exec_lock:
+                with self._lock, self._exec_lock:
+                    if self.engine.is_resident:  # another process's request may have evicted it already
                         self.engine.evict()
-                finally:
-                    self.residency.release(self.key, 0)
+                self.residency.release(self.key, 0)
 
             self._device_runner(evict_uncounted)
         except Exception as exc:
@@ -461,16 +463,22 @@ class ServedModel:
                 raise RequestError("attention_mask: values must be 0 or 1")
         return out
 
-    def infer(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, bool, float]:
+    def infer(
+        self, inputs: dict[str, torch.Tensor], room_timeout_s: float = WAIT_TIMEOUT_S
+    ) -> tuple[torch.Tensor, bool, float]:
         """Run one (validated, possibly batched) input: (output FP32 CPU, met a cold start, provisioning ms).
 
         Provisioning time covers making room (evicting others) and the cold-start request; 0 when warm. Time
-        spent queued behind other models' requests is not in it (the client sees it, the provisioning does not).
+        spent queued behind other requests, or waiting for room held by requests in other processes, is not in
+        it (the client sees it, the provisioning does not).
         """
 
-        def on_device() -> tuple[InferenceResult, float]:
+        def on_device() -> tuple[InferenceResult, float] | None:
             start = time.perf_counter()
-            self.residency.acquire(self.key, self.need_bytes)  # may wait for room held by another process
+            try:  # never wait here: the device thread serves every model of its GPU
+                self.residency.acquire(self.key, self.need_bytes, wait=False)
+            except RoomBusy:
+                return None
             resident = 0
             try:
                 with self._lock, self._exec_lock:
@@ -480,7 +488,12 @@ class ServedModel:
                 self.residency.release(self.key, resident)
             return result, (time.perf_counter() - start) * 1e3
 
-        result, elapsed_ms = self._device_runner(on_device)
+        deadline = time.monotonic() + room_timeout_s
+        while (done := self._device_runner(on_device)) is None:
+            # Room held by requests in other processes (e.g. `process: instance` models on this GPU): wait for
+            # it on the caller's thread, then queue for the device again.
+            self.residency.wait_for_room(self.key, self.need_bytes, max(0.0, deadline - time.monotonic()))
+        result, elapsed_ms = done
         return result.output, result.cold, elapsed_ms if result.cold else 0.0
 
     def answer(self, requests: list[Mapping[str, np.ndarray | None]]) -> list[Answer]:

@@ -114,3 +114,36 @@ def test_the_first_model_of_a_kind_warms_up_at_load_and_leaves_the_device_empty(
     finally:
         first.close()
         second.close()
+
+
+def test_waiting_for_room_held_elsewhere_leaves_the_device_thread_free(tmp_path: Path) -> None:
+    """Room held by a request of another process: the model waits on its own thread, not on the device thread
+    that every other model of its GPU needs."""
+    from deepplan_backend.runtime.residency import Residency
+
+    device = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    probe = ServedModel(_settings(tmp_path, "1GiB"), "probe#0", 1)
+    need = probe.need_bytes
+    probe.close()
+    served = ServedModel(
+        _settings(tmp_path, f"{need + need // 2}B"), "a#0", 1, device_runner=lambda fn: device.submit(fn).result()
+    )
+    other = Residency(tmp_path / "state")  # stands for a model of another process on the same device
+    other.register("other#0", served.device_name, None, lambda: None)
+    other.acquire("other#0", need)  # in use: a cannot have its room until this request ends
+    x = np.random.default_rng(2).integers(0, 1000, (1, 8), dtype=np.int64)
+    client = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        waiting = client.submit(served.answer, [{"input_ids": x}])
+        time.sleep(0.5)
+        assert not waiting.done()
+        assert device.submit(lambda: "free").result(timeout=5) == "free"  # the device thread is not held
+        other.release("other#0", 0)
+        answer = waiting.result(timeout=30)[0]
+        assert answer.error is None and answer.cold
+    finally:
+        other.release("other#0", 0)
+        client.shutdown()
+        served.close()
+        other.unregister("other#0")
+        device.shutdown()
