@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m benchmark.coldstart_limit", description=__doc__)
     p.add_argument("-m", "--model", action="append", default=[])
     p.add_argument("--all", action="store_true")
-    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=sorted(TOLERANCE))
+    p.add_argument("--dtypes", nargs="+", default=["float32"], help="float32, float16, bfloat16 (or fp32/fp16/bf16)")
     p.add_argument(
         "--device-sets", nargs="+", default=None, help="comma-separated GPU ids (default: 1, 2 and 4 GPUs as present)"
     )
@@ -77,13 +78,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the comparison and write CSV + JSON; exit code 0, 1 (a wrong output) or 2 (cannot run)."""
+    """Run the comparison and write CSV + JSON; exit code 0, 1 (a wrong output), 2 (cannot run), 3 (crashed)."""
     args = _parser().parse_args(argv)
     try:
+        args.dtypes = [parse_dtype(d) for d in args.dtypes]
         return _run(args)
     except (ModelSourceError, DeviceError, PlanError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception:  # e.g. out of memory mid-run: not a wrong output (exit 1); the rows so far are written
+        traceback.print_exc()
+        return 3
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -92,7 +92,7 @@ def measure_interleaved(
                     reference = first.output.float()
                 for result in (first, second):
                     gap = (result.output.float() - reference).abs().max().item() if reference.numel() else 0.0
-                    if not gap <= diff[i]:  # also records a NaN, which max() would drop
+                    if diff[i] == diff[i] and not gap <= diff[i]:  # a NaN, once seen, stays (max() drops it)
                         diff[i] = gap
                 if k >= warmup:
                     cold[i].append(first.latency_ms)

@@ -78,7 +78,7 @@ class TritonPythonModel:
     """Triton entry points; all logic lives in `ServedModel`, in this process or in an engine host."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        """Host weights, plan and residency registration; the device stays empty until the first request."""
+        """Host weights, plan, residency registration and the warm-up of a new kind; the device is left empty."""
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
         model_dir = Path(args["model_repository"])

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU check and experiment of results/README.md in one run on a 4-GPU machine, each step under its own
-# time limit so that one slow step cannot take the others' logs with it. Logs and CSVs go to OUT/logs
+# The GPU checks and experiments of results/README.md on a device machine, each step under its own time limit so
+# that one slow step cannot take the others' logs with it. One device call (10 min) holds only some steps: see
+# results/README.md ("Re-running everything on a device") for the order. Logs and CSVs go to OUT/logs
 # (default $OUT, else results/device), tarred at the end. Wheels: scripts/device_wheels.sh, installed first.
 #   scripts/device_suite.sh [STEP ...]     steps: tests triton triton_graphs engine scale fig12
 #                                          limit (default: all)
@@ -9,6 +10,7 @@
 # FIG12_INSTANCES / FIG12_RATE / FIG12_DURATION_S (default "20 40 80" / 100 / 20): the paper's 4-GPU point set;
 # on 2 GPUs, "10 20 40" at 50 req/s keeps the per-GPU instance count and request rate.
 set -uo pipefail
+deadline=$(( $(date +%s) + ${SUITE_BUDGET_S:-580} - 15 ))  # first: the install below counts too
 OUT=${OUT:-results/device}
 L="$OUT/logs"
 mkdir -p "$L"
@@ -20,14 +22,14 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 nvidia-smi > "$L/nvidia-smi.txt" 2>&1
 steps=${*:-tests triton triton_graphs engine scale fig12 limit}
-deadline=$(( $(date +%s) + ${SUITE_BUDGET_S:-580} - 15 ))
 run() {  # run NAME SECONDS CMD...
     local name=$1 limit=$2 left=$(( deadline - $(date +%s) ))
     shift 2
     (( left < limit )) && limit=$left
+    (( limit -= 10 ))  # room for timeout's kill grace
     if (( limit < 10 )); then echo "== $name skipped: no time left" | tee -a "$L/steps.log"; return; fi
     echo "== $name (limit ${limit}s): $*" | tee -a "$L/steps.log"
-    ( time timeout "$limit" "$@" ) > "$L/$name.log" 2>&1
+    ( time timeout -k 10 "$limit" "$@" ) > "$L/$name.log" 2>&1
     echo "   exit $?" | tee -a "$L/steps.log"
 }
 for step in $steps; do
@@ -38,7 +40,7 @@ for step in $steps; do
         triton_graphs) run triton_coldstart_graphs 240 python3 -m benchmark.triton_coldstart --graphs \
             --out "$L/triton_graphs" --models bert-base resnet50 --instances 8 --budget 2GiB --skip-load-compare ;;
         engine) run engine_standalone 120 python3 -m benchmark --table -m bert-base -m resnet50 --make-plans \
-            -p "$L/plans" --configs deepplan:0,1 -n 8 --warmup 2 -o "$L/engine_standalone.csv" ;;
+            -p "$L/plans" --configs demand:0 deepplan:0,1 -n 8 --warmup 2 -o "$L/engine_standalone.csv" ;;
         scale) run scale 300 python3 -m benchmark.triton_scale --model bert-base \
             --points shared:8 shared:200 instance:4 instance:8 --budget 2GiB --out "$L/scale" ;;
         # shellcheck disable=SC2086  # FIG12_INSTANCES is a list

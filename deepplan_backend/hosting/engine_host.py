@@ -14,6 +14,8 @@ The device part of every request here — taking budget (evicting others), then 
 on one worker thread; validation and batching stay on the model's connection thread. Budget is taken there,
 not while a request waits in the queue: queued models would otherwise pin the whole budget and, under load,
 every request would meet a cold start (seen in a Fig. 12 run: 80 % cold starts where LRU alone gives 50 %).
+The device thread never waits for room: when the room is held by requests of other processes, the request
+waits on its connection thread (`Residency.wait_for_room`) and queues again.
 Eager launches are bound by this process's CPU anyway,
 a cold start then owns the copy engines it was planned for, and the per-thread state of CUDA libraries (a
 cuBLAS handle and workspace per thread and GPU) exists once, not once per model. The host exits when it has had no
@@ -167,7 +169,7 @@ class _Host:
         except (KeyError, TypeError, StopIteration):
             send_message(conn, {"ok": False, "error": "malformed answer message: inputs do not match arrays"})
             return
-        answers = served.answer(requests)  # validation and budget here; device work on the device thread
+        answers = served.answer(requests)  # validation here; budget and device work on the device thread
         if any(a.error and "CUDA" in a.error for a in answers):
             self._on_device_thread(_exit_if_device_broken)
         meta = [

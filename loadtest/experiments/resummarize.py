@@ -27,12 +27,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python3 -m loadtest.experiments.resummarize", description=__doc__)
     p.add_argument("table", type=Path, help="the experiment's JSON (fig12.json, fig14.json)")
     p.add_argument("--slo-ms", type=float, default=None, help="latency SLO for goodput (default: the run's)")
-    p.add_argument("--warmup-s", type=float, default=0.0, help="left out of the steady-state columns (default 0)")
+    p.add_argument(
+        "--warmup-s", type=float, default=None, help="left out of the steady-state columns (default: the table's)"
+    )
     p.add_argument("--out", type=Path, default=None, help="folder for the new CSV/JSON/PNG (default: beside TABLE)")
     args = p.parse_args(argv)
     if args.slo_ms is not None and args.slo_ms <= 0:
         p.error("--slo-ms must be > 0")
-    if args.warmup_s < 0:
+    if args.warmup_s is not None and args.warmup_s < 0:
         p.error("--warmup-s must be >= 0")
     return args
 
@@ -57,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"error: {args.table} is not an experiment table ({type(exc).__name__}: {exc})")
         return 2
     slo_ms = args.slo_ms if args.slo_ms is not None else float(run_args.get("slo_ms", 100.0))
+    before = (doc.get("resummarized") or {}).get("warmup_s", run_args.get("warmup_s", 0.0))
+    warmup_s = args.warmup_s if args.warmup_s is not None else float(before or 0.0)
     duration = run_args.get("duration_s")
     missing = 0
     for row in rows:
@@ -65,13 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"{row.get('engine')} n={row.get('instances')}: no {LOG_FILE} under {row.get('results_dir')}; kept")
             missing += 1
             continue
-        summary = summarize(read_log(log), slo_ms, duration, row.get("rate"), warmup_s=args.warmup_s)
+        summary = summarize(read_log(log), slo_ms, duration, row.get("rate"), warmup_s=warmup_s)
         row.update(summary_fields(summary), slo_ms=slo_ms)
         say(
             f"{row.get('engine')} n={row.get('instances')}: p99 {row['p99_ms']} ms, steady p99 "
-            f"{row['p99_steady_ms']} ms (after {args.warmup_s:g} s), goodput {row['goodput_pct']} %"
+            f"{row['p99_steady_ms']} ms (after {warmup_s:g} s), goodput {row['goodput_pct']} %"
         )
-    doc["resummarized"] = {"slo_ms": slo_ms, "warmup_s": args.warmup_s, "from": str(args.table)}
+    doc["resummarized"] = {"slo_ms": slo_ms, "warmup_s": warmup_s, "from": str(args.table)}
     out = args.out or args.table.parent
     name = args.table.stem
     csv_path, json_path = write_rows(rows, out / f"{name}.csv", doc)

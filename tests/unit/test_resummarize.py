@@ -65,9 +65,10 @@ def test_recomputes_rows_and_plot_from_the_logs(tmp_path: Path) -> None:
 
 def test_another_slo_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     table = _table(tmp_path)
-    resummarize([str(table), "--slo-ms", "5"])  # in place
+    resummarize([str(table), "--warmup-s", "1.5"])  # in place
+    resummarize([str(table), "--slo-ms", "5"])  # keeps the table's warm-up
     rows = json.loads(table.read_text())["rows"]
-    assert rows[0]["goodput_pct"] == 0.0 and rows[0]["slo_ms"] == 5.0
+    assert rows[0]["goodput_pct"] == 0.0 and rows[0]["slo_ms"] == 5.0 and rows[0]["warmup_s"] == 1.5
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     assert resummarize([str(bad)]) == 2
