@@ -11,13 +11,16 @@ the per-GPU budget), plus the host memory of the server's processes. Every answe
 model computed here. Per added model = (used after load at N2 - at N1) / (N2 - N1) for two points of one
 process mode: device memory a model costs beyond its resident weights.
 
-Outputs: ``<out>/scale.csv`` and ``.json`` (one row per point), each point's server log in
-``<out>/<process>-n<N>.log``; a table at the end. Exit code 0 when every point ran with all answers right.
+Outputs: ``<out>/scale.csv`` and ``.json`` (one row per point), ``<out>/scale.png`` (GPU memory against the
+number of models, per process mode), each point's server log in ``<out>/<process>-n<N>.log``; a table at the
+end. Exit code 0 when every point ran with all answers right. ``--plot SCALE.json`` redraws the figure of a
+finished run beside its JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -233,6 +236,44 @@ def parse_points(texts: Sequence[str]) -> list[tuple[str, int]]:
     return points
 
 
+def plot_scale(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path | None:
+    """GPU memory in use (all GPUs) against the number of models: loaded (solid) and after serving (dashed).
+
+    None (no file) when no row has GPU memory figures (a CPU run).
+    """
+    if not any(r.get("gpu_used_loaded_mib") is not None for r in rows):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, process in enumerate(dict.fromkeys(r["process"] for r in rows)):
+        mine = sorted((r for r in rows if r["process"] == process), key=lambda r: r["instances"])
+        for key, style, what in (("gpu_used_loaded_mib", "-o", "loaded"), ("gpu_used_served_mib", "--x", "served")):
+            pts = [(r["instances"], r[key] / 1024) for r in mine if r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, color=f"C{i}", label=f"process: {process}, {what}")
+    ax.set_xscale("log")
+    counts = sorted({int(r["instances"]) for r in rows})
+    ax.set_xticks(counts, [str(c) for c in counts])
+    ax.set_xlabel("models loaded")
+    ax.set_ylabel("GPU memory in use, all GPUs (GiB)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _title(rows: Sequence[dict[str, Any]]) -> str:
+    first = rows[0] if rows else {}
+    return f"{first.get('model', '')} models on {first.get('gpus', '?')} GPUs"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line; see the module docstring."""
     p = argparse.ArgumentParser(prog="python3 -m benchmark.triton_scale", description=__doc__.split("\n")[0])
@@ -243,8 +284,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=384, help="tokens per request (default 384)")
     p.add_argument("--budget", default="", help="per-GPU residency budget, e.g. 2GiB (default: device memory)")
     p.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for all models")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, help="output folder (required unless --plot)")
+    p.add_argument("--plot", type=Path, metavar="SCALE_JSON", help="only redraw the figure of a finished run")
     args = p.parse_args(argv)
+    if args.plot is not None:
+        try:
+            rows = json.loads(args.plot.read_text())["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            p.error(f"--plot {args.plot}: not a scale JSON ({type(exc).__name__}: {exc})")
+        png = plot_scale(rows, args.plot.with_suffix(".png"), _title(rows))
+        print(f"wrote {png}" if png else f"{args.plot}: no GPU memory figures to plot")
+        return 0
+    if args.out is None:
+        p.error("--out is required")
     try:
         points = parse_points(args.points)
     except argparse.ArgumentTypeError as exc:
@@ -287,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(" ".join(f"{str(row.get(k, '-')):>20}" for k in keys))
     for process, mib in overhead.items():
         print(f"GPU memory per added model ({process}): {mib} MiB (all GPUs together)")
-    print(f"wrote {csv_path} and {json_path}")
+    png = plot_scale(rows, args.out / "scale.png", _title(rows))
+    print(f"wrote {csv_path}, {json_path}" + (f" and {png}" if png else " (no GPU: no figure)"))
     ok = all(not r["error"] and r.get("wrong") == 0 and r.get("errors") == 0 for r in rows)
     return 0 if ok else 1
 

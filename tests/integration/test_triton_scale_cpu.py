@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 from benchmark.triton_scale import main, parse_points, per_model_overhead
@@ -30,3 +31,20 @@ def test_points_and_overhead_arithmetic() -> None:
         {"process": "shared", "instances": 8, "gpu_used_loaded_mib": 5000, "error": ""},
     ]
     assert per_model_overhead(rows) == {"instance": 1000.0}
+
+
+def test_plot_of_a_finished_run(tmp_path: Path) -> None:
+    rows = [
+        {"process": "instance", "instances": 4, "gpus": 2, "model": "bert-base", "gpu_used_loaded_mib": 6068,
+         "gpu_used_served_mib": 8244},
+        {"process": "instance", "instances": 8, "gpus": 2, "model": "bert-base", "gpu_used_loaded_mib": 10956,
+         "gpu_used_served_mib": None},
+        {"process": "shared", "instances": 200, "gpus": 2, "model": "bert-base", "gpu_used_loaded_mib": 3624},
+    ]  # fmt: skip
+    table = tmp_path / "scale.json"
+    table.write_text(json.dumps({"rows": rows}))
+    assert main(["--plot", str(table)]) == 0
+    assert (tmp_path / "scale.png").read_bytes()[:4] == b"\x89PNG"
+    cpu = tmp_path / "cpu.json"
+    cpu.write_text(json.dumps({"rows": [{"process": "shared", "instances": 1, "gpu_used_loaded_mib": None}]}))
+    assert main(["--plot", str(cpu)]) == 0 and not (tmp_path / "cpu.png").exists()
