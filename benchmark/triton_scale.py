@@ -289,10 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.plot is not None:
         try:
-            rows = json.loads(args.plot.read_text())["rows"]
+            finished = json.loads(args.plot.read_text())["rows"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             p.error(f"--plot {args.plot}: not a scale JSON ({type(exc).__name__}: {exc})")
-        png = plot_scale(rows, args.plot.with_suffix(".png"), _title(rows))
+        png = plot_scale(finished, args.plot.with_suffix(".png"), _title(finished))
         print(f"wrote {png}" if png else f"{args.plot}: no GPU memory figures to plot")
         return 0
     if args.out is None:
