@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 STATE_DIR_ENV = "DEEPPLAN_RESIDENCY_DIR"
 """Environment variable naming the state folder (overrides the per-server default)."""
@@ -144,7 +144,8 @@ class _Listener:
     """One per process and state folder: answers eviction requests and wake-ups from other processes."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.name = _socket_name(state_dir, os.getpid())
+        self.pid = os.getpid()
+        self.name = _socket_name(state_dir, self.pid)
         self.callbacks: dict[str, Callable[[], None]] = {}
         self.wake = threading.Condition()
         self.generation = 0
@@ -191,17 +192,17 @@ class _Listener:
             self.wake.notify_all()
 
 
-_listeners: dict[Path, _Listener] = {}
-_listeners_lock = threading.Lock()
+_PerProcess = TypeVar("_PerProcess", "_Listener", "_StateFile")
+_per_process_lock = threading.Lock()
 
 
-def _listener_for(state_dir: Path) -> _Listener:
-    with _listeners_lock:
-        listener = _listeners.get(state_dir)
-        if listener is None or listener.name != _socket_name(state_dir, os.getpid()):  # forked child: new one
-            listener = _Listener(state_dir)
-            _listeners[state_dir] = listener
-        return listener
+def _for_this_process(registry: dict[Path, _PerProcess], state_dir: Path, make: type[_PerProcess]) -> _PerProcess:
+    """The one `make(state_dir)` of this process; a forked child makes its own (no shared sockets or files)."""
+    with _per_process_lock:
+        item = registry.get(state_dir)
+        if item is None or item.pid != os.getpid():
+            item = registry[state_dir] = make(state_dir)
+        return item
 
 
 class _StateFile:
@@ -218,16 +219,8 @@ class _StateFile:
         self.cache: tuple[str, dict] | None = None
 
 
+_listeners: dict[Path, _Listener] = {}
 _state_files: dict[Path, _StateFile] = {}
-
-
-def _state_file_for(state_dir: Path) -> _StateFile:
-    with _listeners_lock:
-        state_file = _state_files.get(state_dir)
-        if state_file is None or state_file.pid != os.getpid():  # forked child: its own open file
-            state_file = _StateFile(state_dir)
-            _state_files[state_dir] = state_file
-        return state_file
 
 
 class Residency:
@@ -242,10 +235,10 @@ class Residency:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._state_path = self.state_dir / "state.json"
-        self._listener = _listener_for(self.state_dir)
+        self._listener = _for_this_process(_listeners, self.state_dir, _Listener)
         self._pid = os.getpid()
         self._start = _start_time(self._pid)
-        self._file = _state_file_for(self.state_dir)
+        self._file = _for_this_process(_state_files, self.state_dir, _StateFile)
 
     # ---- state file -------------------------------------------------------------------------------------------
 
