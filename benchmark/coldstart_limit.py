@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
     failures = 0
     for dtype in args.dtypes:
         for name in list(PAPER_MODELS) if args.all else args.model:
-            prepared = prepare(name, dtype=parse_dtype(dtype))
+            prepared = prepare(name, dtype=dtype)  # canonical already (main)
             plan = obtain_plan(prepared, args, repo, all_devices)
             one = tuple(resolve_devices(list(target)))
             runs = [Run("demand", one, links[target]), Run("pipeline", one, links[target])]

@@ -26,7 +26,8 @@ Steps (each prints progress; a failing step is recorded and the run goes on wher
    deepplan model of the same zoo model. Both are unloaded afterwards.
 7. ``<out>/triton_coldstart.csv`` and ``.json``, ``<out>/server.log``; a table at the end. ``backend_cold_ms`` is
    Triton's own ``compute_infer`` time of the cold requests (statistics API): client - backend = Triton and
-   network, backend - engine = the front end and its hop to the engine host.
+   network, backend - engine = the Python backend's exchange with the stub, the front end in it and its hop to
+   the engine host.
 
 Triton instance kind: ``KIND_CPU`` by default (``--triton-kind gpu`` for ``KIND_GPU`` on GPU 0): the deepplan
 backend picks its GPUs itself from ``devices``, so the kind only decides which device id Triton passes.

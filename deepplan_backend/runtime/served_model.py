@@ -292,7 +292,7 @@ def plan_or_make(prepared: PreparedModel, settings: ServeSettings, devices: list
 
 
 _WARMED: set[tuple] = set()
-"""Kinds of model (name, dtype, engine, seq_len, target) this process has warmed up (`ServedModel._warm_up`)."""
+"""Kinds of model (name, dtype, engine, seq_len, graphs, devices) this process warmed up (`ServedModel._warm_up`)."""
 _WARMED_LOCK = threading.Lock()
 WARM_UP_ROOM_TIMEOUT_S = 10.0
 """How long a load's warm-up waits for room held by other requests before it gives up (the load goes on)."""
