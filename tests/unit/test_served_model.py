@@ -25,11 +25,7 @@ def test_device_work_goes_through_the_runner_and_nothing_else(tmp_path: Path) ->
         t.join()
         return box["r"]
 
-    settings = ServeSettings.from_parameters(
-        {"model": "tiny-bert", "engine": "pipeline", "plan_repository": str(tmp_path / "plans"),
-         "residency_dir": str(tmp_path / "state"), "budget": "64MiB"}
-    )  # fmt: skip
-    served = ServedModel(settings, "m#1", 4, device_runner=runner)
+    served = ServedModel(_settings(tmp_path, "64MiB"), "m#1", 4, device_runner=runner)
     calls.clear()  # the load's warm-up, if this process had not warmed up a tiny-bert yet
     try:
         x = np.random.default_rng(0).integers(0, 1000, (1, 8), dtype=np.int64)
