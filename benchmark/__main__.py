@@ -23,7 +23,7 @@ from planner.__main__ import default_plan_repo, device_counts_for, non_negative_
 from planner.planning import make_plan
 from planner.profiler import measure_links, profile_model
 
-from .measure import Measurement, Run, measure, measure_interleaved
+from .measure import Measurement, Run, measure_interleaved
 from .table import default_configs, parse_config, write_results
 
 
@@ -43,12 +43,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", nargs="+", default=None, help="ENGINE:DEVICES items, e.g. demand:0 deepplan:0,1")
     p.add_argument("-o", "--output", type=Path, default=Path("results/benchmark.csv"), help="table CSV path")
     p.add_argument("--make-plans", action="store_true", help="profile and plan models whose plan is missing")
+    p.add_argument(
+        "--graphs",
+        action="store_true",
+        help="replay cold and warm forwards as CUDA graphs, with plans made for graph execution (planner --graphs)",
+    )
     return p
 
 
 def obtain_plan(prepared: PreparedModel, args: argparse.Namespace, repo: Path, all_devices: list[torch.device]) -> Plan:
-    """Load the model's plan for this GPU, or (with --make-plans) profile and plan it now."""
-    key = prepared.plan_key(args.batch_size, args.seq_len, gpu_name(all_devices[0]))
+    """Load the model's plan for this GPU and regime, or (with --make-plans) profile and plan it now."""
+    graphs = bool(getattr(args, "graphs", False))
+    key = prepared.plan_key(args.batch_size, args.seq_len, gpu_name(all_devices[0]), graphs=graphs)
     try:
         return load_plan(repo, key, prepared.fingerprint)
     except PlanNotFound:
@@ -56,7 +62,7 @@ def obtain_plan(prepared: PreparedModel, args: argparse.Namespace, repo: Path, a
             raise
     import datetime as dt
 
-    profile = profile_model(prepared, all_devices, args.batch_size, args.seq_len)
+    profile = profile_model(prepared, all_devices, args.batch_size, args.seq_len, graphs=graphs)
     plan = make_plan(profile, device_counts_for(len(all_devices)), dt.datetime.now(dt.timezone.utc).isoformat())
     save_plan(repo, plan)
     return plan
@@ -70,9 +76,8 @@ def run_single(args: argparse.Namespace, repo: Path) -> int:
         plan = obtain_plan(prepared, args, repo, devices) if args.engine == "deepplan" or args.make_plans else None
         links = measure_links(devices)
         print(f"Benchmarking Inference {prepared.model.name}")
-        result = measure(
-            prepared, args.engine, devices, plan, links, args.batch_size, args.seq_len, args.repeats, args.warmup
-        )
+        run = Run(args.engine, tuple(devices), links, graphs=args.graphs)
+        result = measure_interleaved(prepared, [run], plan, args.batch_size, args.seq_len, args.repeats, args.warmup)[0]
         print(f"model average inference time : {result.cold_mean_ms:.4f} ms")
         print(
             f"  warm {result.warm_ms:.3f} ms | load-bound limit {result.limit_ms:.3f} ms"
@@ -94,7 +99,7 @@ def run_table(args: argparse.Namespace, repo: Path) -> int:
         plan = None
         if args.make_plans or any(engine == "deepplan" for engine, _ in configs):
             plan = obtain_plan(prepared, args, repo, all_devices)
-        runs = [Run(engine, tuple(resolve_devices(list(ids))), links[ids]) for engine, ids in configs]
+        runs = [Run(engine, tuple(resolve_devices(list(ids))), links[ids], args.graphs) for engine, ids in configs]
         results = measure_interleaved(prepared, runs, plan, args.batch_size, args.seq_len, args.repeats, args.warmup)
         for result in results:
             rows.append(result)

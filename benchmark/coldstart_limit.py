@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--plan-repo", type=Path, default=None)
     p.add_argument("-n", "--repeats", type=positive_int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument(
+        "--eager-plans",
+        action="store_true",
+        help="follow plans profiled in the eager regime (as before plans knew their regime), for comparison",
+    )
     p.add_argument("-o", "--output", type=Path, default=Path("results/coldstart_limit.csv"))
     return p
 
@@ -93,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     args.batch_size, args.seq_len, args.make_plans = 1, None, True
+    args.graphs = not args.eager_plans  # DeepPlan runs as graphs here, so by default it follows a graph-regime plan
     repo = args.plan_repo or default_plan_repo()
     sets = [tuple(int(d) for d in s.split(",")) for s in args.device_sets or default_device_sets()]
     all_devices = resolve_devices(sorted({d for s in sets for d in s}))

@@ -117,19 +117,3 @@ def measure_interleaved(
         )
         for i, run in enumerate(runs)
     ]
-
-
-def measure(
-    prepared: PreparedModel,
-    engine_name: str,
-    devices: Sequence[torch.device],
-    plan: Plan | None,
-    links: LinkProfile,
-    batch_size: int = 1,
-    seq_len: int | None = None,
-    repeats: int = 10,
-    warmup: int = 3,
-) -> Measurement:
-    """Run `warmup + repeats` cold starts (each followed by a warm run) of one configuration and summarize."""
-    run = Run(engine_name, tuple(devices), links)
-    return measure_interleaved(prepared, [run], plan, batch_size, seq_len, repeats, warmup)[0]

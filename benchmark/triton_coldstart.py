@@ -67,10 +67,11 @@ import torch
 from deepplan_backend import install, serve
 from deepplan_backend.repository import OUTPUT_DIMS, config_pbtxt, inputs_pbtxt, write_model
 from deepplan_backend.runtime import zoo
+from deepplan_backend.runtime.answer import TRACE_ENV
 from deepplan_backend.runtime.served_model import parse_size
 
 RTOL = ATOL = 1e-3
-COLUMNS = (
+COLUMNS: tuple[str, ...] = (
     "model",
     "engine",
     "graphs",
@@ -104,6 +105,12 @@ COLUMNS = (
     "all_models_loaded_s",
     "date",
 )
+TRACE_PHASES = ("read", "answer", "respond", "metrics", "exchange", "host", "validate", "queue", "room", "engine")
+"""Phases of the backend's ``deepplan trace`` lines (see `deepplan_backend.model`) reported per model: the
+median over its cold requests, as ``trace_<phase>_ms`` columns."""
+COLUMNS += tuple(f"trace_{p}_ms" for p in TRACE_PHASES)
+TRACE_LINE = re.compile(r"deepplan trace (?P<instance>\S+): \d+ request\(s\) (?P<kind>cold|warm) (?P<fields>.*)")
+TRACE_FIELD = re.compile(r"(\w+)=([0-9.]+)")
 READY_LINE = re.compile(
     r"deepplan: (?P<instance>\S+) ready: (?P<model>\S+) (?P<dtype>\S+) engine=(?P<engine>\S+) "
     r"devices=\[(?P<devices>[^\]]*)\](?: in (?P<where>engine host pid \d+|this stub))? \((?P<plan>[^)]*)\), "
@@ -374,6 +381,7 @@ class ServerLog:
     def __init__(self, path: Path) -> None:
         self.file = path.open("w")
         self.ready: dict[str, dict[str, Any]] = {}
+        self.cold_traces: dict[str, list[dict[str, float]]] = {}  # model -> its cold requests' phases
         self._lock = threading.Lock()
 
     def __call__(self, line: str) -> None:
@@ -381,6 +389,13 @@ class ServerLog:
         with self._lock:
             self.file.write(line)
             self.file.flush()
+        t = TRACE_LINE.search(line)
+        if t:
+            if t["kind"] == "cold":
+                model = t["instance"].rsplit("_", 2)[0]
+                fields = {k: float(v) for k, v in TRACE_FIELD.findall(t["fields"])}
+                self.cold_traces.setdefault(model, []).append(fields)
+            return  # one per request: in server.log only
         m = READY_LINE.search(line)
         if m:
             model = m["instance"].rsplit("_", 2)[0]
@@ -867,7 +882,13 @@ class Bench:
             "server_ready_s": self.ready_s,
             "all_models_loaded_s": self.all_loaded_s,
             "date": date,
+            **self._trace_columns(names),
         }
+
+    def _trace_columns(self, names: list[str]) -> dict[str, float | None]:
+        """Median phase times of the models' cold requests, from the backend's trace lines."""
+        traces = [t for n in names for t in self.log.cold_traces.get(n, [])]
+        return {f"trace_{p}_ms": _ms([t[p] for t in traces if p in t]) for p in TRACE_PHASES}
 
     def _zoo_name(self, name: str) -> str:
         return self.first if name in self.evicts else name
@@ -1031,6 +1052,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; the exit code says whether the run was complete and correct."""
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    os.environ[TRACE_ENV] = "1"  # the server inherits it: per-request phase lines for the trace_* columns
     try:
         preflight()
     except install.InstallError as exc:

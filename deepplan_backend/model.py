@@ -14,6 +14,9 @@ A model says ``backend: "deepplan"`` and configures itself through ``parameters`
 - ``execute`` answers every request: invalid ones get their own ``TritonError``; valid ones with the same
   shape are run as one batch (cold start per plan if the model is not resident). Outputs: ``output`` and
   ``cold_start`` ([B, 2] = [met a cold start 0/1, provisioning ms]).
+- ``DEEPPLAN_TRACE=1`` in the server's environment prints one line per batch saying where its time went in
+  this stub (reading inputs, the answer, building responses, metrics) and, from `Answer.timing`, on the
+  serving side (exchange with the engine host, validation, device queue, budget, engine, release).
 - Metrics (Triton's metrics port): ``deepplan_cold_starts_total``, ``deepplan_evictions_total``,
   ``deepplan_resident_bytes``, and the provisioning-time histogram ``deepplan_provisioning_ms`` (``_bucket{le=...}``,
   ``_sum``, ``_count``). Each metric update is a round trip to the Triton process (~25 us) made before the
@@ -23,13 +26,17 @@ A model says ``backend: "deepplan"`` and configures itself through ``parameters`
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+from deepplan_backend.runtime.answer import TRACE_ENV
 
 if TYPE_CHECKING:  # the front end imports only what its `process` mode needs
     from deepplan_backend.hosting.host_client import HostedModel
@@ -83,6 +90,8 @@ class TritonPythonModel:
         params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
         model_dir = Path(args["model_repository"])
         device_id = int(args["model_instance_device_id"]) if args.get("model_instance_kind") == "GPU" else None
+        self.name = args["model_instance_name"]
+        self.trace = os.environ.get(TRACE_ENV, "") == "1"
         self.max_batch_size = max(1, int(config.get("max_batch_size", 0)))
         self.batched = int(config.get("max_batch_size", 0)) > 0
         # The residency key must be unique per load: Triton loads a model's new version (or a reloaded config)
@@ -134,6 +143,7 @@ class TritonPythonModel:
         from deepplan_backend.dlpack import DLPackError
         from deepplan_backend.runtime.answer import Answer
 
+        marks = [time.perf_counter()]
         answers: list[Answer | None] = []
         readable: list[dict[str, np.ndarray | None]] = []
         for request in requests:
@@ -142,7 +152,10 @@ class TritonPythonModel:
                 answers.append(None)
             except DLPackError as exc:  # this request's tensors only; the rest of the batch still runs
                 answers.append(Answer(error=str(exc), invalid=True))
-        served = iter(self.served.answer(readable) if readable else [])
+        marks.append(time.perf_counter())
+        served_answers = self.served.answer(readable) if readable else []
+        marks.append(time.perf_counter())
+        served = iter(served_answers)
         responses = []
         for answer in (a if a is not None else next(served) for a in answers):
             if answer.error is not None:
@@ -157,8 +170,12 @@ class TritonPythonModel:
             responses.append(
                 pb_utils.InferenceResponse(output_tensors=[_output("output", rows), _output("cold_start", flags)])
             )
+        marks.append(time.perf_counter())
         status = self.served.status()
         self.metrics.sync(status.evictions, status.resident_bytes)
+        if self.trace:
+            marks.append(time.perf_counter())
+            print(_trace_line(self.name, len(requests), marks, served_answers), flush=True)
         return responses
 
     def _refresh_metrics(self) -> None:
@@ -178,6 +195,18 @@ class TritonPythonModel:
         served = getattr(self, "served", None)
         if served is not None:
             served.close()
+
+
+def _trace_line(name: str, count: int, marks: list[float], answers: list) -> str:
+    """``deepplan trace``: one batch's milliseconds in this stub, then on the serving side (first answer)."""
+    read, answer, respond, metrics = ((b - a) * 1e3 for a, b in zip(marks, marks[1:], strict=False))
+    first = next((a for a in answers if a.error is None), None)
+    serving = " ".join(f"{k[:-3]}={v:.3f}" for k, v in (first.timing if first else {}).items())
+    cold = "cold" if first is not None and first.cold else "warm"
+    return (
+        f"deepplan trace {name}: {count} request(s) {cold} execute={(marks[-1] - marks[0]) * 1e3:.3f} "
+        f"read={read:.3f} answer={answer:.3f} respond={respond:.3f} metrics={metrics:.3f} | {serving}"
+    )
 
 
 def _as_numpy(tensor: object) -> np.ndarray:

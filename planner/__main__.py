@@ -71,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-d", "--devices", type=int, nargs="+", default=None, help="GPU ids; first is the target (default: all)"
     )
+    p.add_argument(
+        "--graphs",
+        action="store_true",
+        help="plan for CUDA-graph execution (the backend's `graphs` parameter): layer times measured GPU-bound",
+    )
     p.add_argument("--warmup", type=non_negative_int, default=3)
     p.add_argument("--repeats", type=positive_int, default=10)
     p.add_argument("--show", type=Path, default=None, metavar="PLAN_FILE", help="print a plan file and exit")
@@ -89,7 +94,14 @@ def plan_one(name: str, args: argparse.Namespace, repo: Path) -> Path:
     devices = resolve_devices(args.devices if args.devices is not None else _all_devices())
     prepared = prepare(name, dtype=parse_dtype(args.dtype))
     profile = profile_model(
-        prepared, devices, args.batch_size, args.seq_len, args.warmup, args.repeats, progress=not args.quiet
+        prepared,
+        devices,
+        args.batch_size,
+        args.seq_len,
+        args.warmup,
+        args.repeats,
+        progress=not args.quiet,
+        graphs=args.graphs,
     )
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     plan = make_plan(profile, device_counts_for(len(devices)), created)

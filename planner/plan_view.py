@@ -31,7 +31,7 @@ def _header(plan: Plan) -> list[str]:
     total = sum(layer.nbytes for layer in plan.layers)
     concurrent = ", ".join(f"{n}: {g:g}" for n, g in sorted(plan.links.concurrent_h2d_gbps.items()))
     lines = [
-        f"plan for {k.model}: batch {k.batch_size}, seq {k.seq_len}, {k.dtype}, {k.gpu_name}",
+        f"plan for {k.model}: batch {k.batch_size}, seq {k.seq_len}, {k.dtype}, {k.gpu_name}, {k.execution} execution",
         f"  fingerprint {plan.fingerprint}  created {plan.created_at or '?'}  schema v{plan.schema_version}",
         f"  {len(plan.layers)} layers, {human_bytes(total)}; warm forward {plan.warm_ms:.3f} ms",
         f"  links: host->GPU {plan.links.h2d_gbps:g} GB/s, NVLink {plan.links.p2p_gbps:g} GB/s"

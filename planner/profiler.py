@@ -4,12 +4,23 @@ A layer's exec time is the span between its forward pre-hook and the next layer'
 events on GPU, the host clock on CPU), so glue operations between layers are counted once and the per-layer
 times add up to the forward. DHA times come from the same forward with every layer bound to pinned host
 memory; each layer's span then only reads its own weights over PCIe.
+
+Two regimes, because a plan is only as good as the times it was made from:
+
+- eager (default): the forward as eager PyTorch runs it. At batch 1 the host's kernel launches pace the GPU,
+  so spans hold launch time, and the set-up term is measured from eager pipelined cold starts.
+- graphs (``graphs=True``, GPU only): the forward as a CUDA-graph replay runs it, all kernels queued at once.
+  A spin kernel holds the stream while the host enqueues the whole forward, so every span is GPU time alone
+  (checked: the spin must still be running when the host has finished, else it is lengthened and the sample
+  taken again); the set-up term comes from graph-replayed cold starts. Copies cost the same in both regimes,
+  but a GPU-bound forward hides far less of them, so DHA and PT pay off on more layers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -17,20 +28,63 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm import tqdm
 
-from deepplan_backend.runtime.engine import ColdStartEngine
+from deepplan_backend.runtime.engine import ColdStartEngine, InferenceResult
 from deepplan_backend.runtime.layers import LayerTable
-from deepplan_backend.runtime.plan import DHA, LayerProfile, LinkProfile, LoadSchedule, ModelProfile
+from deepplan_backend.runtime.plan import DHA, LayerProfile, LinkProfile, LoadSchedule, ModelProfile, PlanError
 from deepplan_backend.runtime.prepared import PreparedModel, gpu_name
 
 LINK_PROBE_BYTES = 256 << 20
+log = logging.getLogger(__name__)
+
+
+HOLD_CYCLES_PER_MS = 4_000_000
+"""Spin-kernel cycles per millisecond of host launch time to cover: twice the ~2 GHz clock of today's GPUs."""
+HOLD_TRIES = 3
+"""Spin lengths tried per sample (each twice the last) before the regime is taken as queue-limited."""
 
 
 class _Clock:
-    """Device events on CUDA (what the GPU timeline did), the host clock on CPU (where work is synchronous)."""
+    """Device events on CUDA (what the GPU timeline did), the host clock on CPU (where work is synchronous).
 
-    def __init__(self, device: torch.device) -> None:
+    With `gpu_bound`, `timed` holds the stream with a spin kernel while the host enqueues the work, so device
+    spans measure GPU time only (the graph-replay regime).
+    """
+
+    def __init__(self, device: torch.device, gpu_bound: bool = False) -> None:
         self.cuda = device.type == "cuda"
         self.device = device
+        self.gpu_bound = gpu_bound and self.cuda
+        self.hold_cycles = 0
+        self.queue_limited = False
+
+    def timed(self, work: Callable[[], None]) -> tuple[object, object]:
+        """(start, end) marks around `work()`; in the GPU-bound regime, retried until the spin covered it."""
+        if not self.gpu_bound:
+            start = self.mark()
+            work()
+            return start, self.mark()
+        if not self.hold_cycles:  # first use: size the spin from the work's host time
+            t0 = time.perf_counter()
+            work()
+            self.sync()
+            self.hold_cycles = max(1, int((time.perf_counter() - t0) * 1e3 * HOLD_CYCLES_PER_MS))
+        for _ in range(1 if self.queue_limited else HOLD_TRIES):
+            with torch.cuda.device(self.device):
+                torch.cuda._sleep(self.hold_cycles)
+            start = self.mark()
+            work()
+            end = self.mark()
+            if not start.query():  # type: ignore[attr-defined]  # GPU still spinning: all of the work was queued
+                return start, end
+            self.sync()
+            if not self.queue_limited:
+                self.hold_cycles *= 2
+        if not self.queue_limited:
+            # More launches than the device queue holds: the host blocks until the GPU drains it, so a longer
+            # spin cannot help. Later spans then include some host pacing at the forward's end.
+            self.queue_limited = True
+            log.warning("%s: forward not queued ahead of the GPU; graph-regime times are upper bounds", self.device)
+        return start, end
 
     def mark(self) -> object:
         if self.cuda:
@@ -59,12 +113,15 @@ def _segment_times(engine: ColdStartEngine, inputs: dict[str, torch.Tensor], clo
         for layer in table
         if layer.observed
     ]
+    device_inputs = engine._to_device(inputs)
+
+    def forward() -> None:
+        marks.clear()  # a GPU-bound retry starts over
+        engine.model.module(**device_inputs)
+
     try:
-        device_inputs = engine._to_device(inputs)
         with torch.inference_mode():
-            start = clock.mark()
-            engine.model.module(**device_inputs)
-            end = clock.mark()
+            start, end = clock.timed(forward)
     finally:
         for h in handles:
             h.remove()
@@ -85,9 +142,7 @@ def _forward_ms(engine: ColdStartEngine, inputs: dict[str, torch.Tensor], clock:
     """One forward without hooks: the duration the per-layer spans must add up to."""
     device_inputs = engine._to_device(inputs)
     with torch.inference_mode():
-        start = clock.mark()
-        engine.model.module(**device_inputs)
-        end = clock.mark()
+        start, end = clock.timed(lambda: engine.model.module(**device_inputs))
     clock.sync()
     return [clock.elapsed_ms(start, end)]
 
@@ -208,26 +263,43 @@ def fold_shared_penalties(table: LayerTable, exec_ms: list[float], dha_ms: list[
     return folded
 
 
-def _fixed_overhead_ms(
-    engine: ColdStartEngine, inputs: dict[str, torch.Tensor], profile: ModelProfile, warmup: int, repeats: int
-) -> float:
-    """Host time of a cold start that the per-layer model does not see, in ms.
+def fit_host_terms(profile: ModelProfile, measured: Sequence[InferenceResult]) -> LinkProfile:
+    """The profile's links with the host terms of a cold start, from real cold starts of `all_on_target`.
 
-    That is set-up, per-chunk waits and the result's return, measured as real pipelined cold starts minus
-    their simulation without it.
+    `copy_start_ms` and `setup_ms` are the medians of the cold starts' own milestones (memory mapped; copies
+    issued and weights bound). `tail_ms` is what is left of the measured latency after simulating with them:
+    the output's return and whatever the per-layer model misses (e.g. host time per chunk wait).
     """
     from .simulate import simulate
 
-    n = len(profile.layers)
+    phases = [r.phases for r in measured if r.phases is not None]
+    if not phases:
+        raise PlanError(f"{profile.key.model}: no cold start to fit the host terms on")
+    copy_start = statistics.median(p.mapped_ms for p in phases)
+    setup = max(copy_start, statistics.median(p.launch_ms for p in phases))
+    links = dataclasses.replace(profile.links, copy_start_ms=copy_start, setup_ms=setup, tail_ms=0.0)
+    simulated = simulate(dataclasses.replace(profile, links=links), LoadSchedule.all_on_target(len(profile.layers)))
+    tail = max(0.0, statistics.median(r.latency_ms for r in measured) - simulated.total_ms)
+    return dataclasses.replace(links, tail_ms=tail)
+
+
+def _pipelined_cold_starts(
+    engine: ColdStartEngine, inputs: dict[str, torch.Tensor], num_layers: int, warmup: int, repeats: int
+) -> list[InferenceResult]:
+    """Real pipelined cold starts of every layer over the target's link (replayed as graphs if the engine does)."""
+    schedule = LoadSchedule.all_on_target(num_layers)
+    if engine.graphs:  # capture the pipelined forward (on its first warm request) before timing cold starts
+        engine.evict()
+        engine.infer(inputs, schedule)
+        engine.infer(inputs, schedule)
     measured = []
     for k in range(warmup + repeats):
         engine.evict()
-        result = engine.infer(inputs, LoadSchedule.all_on_target(n))
+        result = engine.infer(inputs, schedule)
         if k >= warmup:
-            measured.append(result.latency_ms)
+            measured.append(result)
     engine.evict()
-    bare = dataclasses.replace(profile, links=dataclasses.replace(profile.links, setup_ms=0.0))
-    return max(0.0, statistics.median(measured) - simulate(bare, LoadSchedule.all_on_target(n)).total_ms)
+    return measured
 
 
 def profile_model(
@@ -238,14 +310,23 @@ def profile_model(
     warmup: int = 3,
     repeats: int = 10,
     progress: bool = True,
+    graphs: bool = False,
 ) -> ModelProfile:
-    """Profile `prepared` on `devices[0]` (links over all of `devices`), leaving the device empty afterwards."""
+    """Profile `prepared` on `devices[0]` (links over all of `devices`), leaving the device empty afterwards.
+
+    `graphs=True` profiles the CUDA-graph regime (see the module doc); it needs a GPU target.
+    """
     target = devices[0]
-    clock = _Clock(target)
+    if graphs and target.type != "cuda":
+        raise PlanError(
+            f"{prepared.model.name}: a plan for CUDA-graph execution needs a GPU to profile on (target is {target})"
+        )
+    clock = _Clock(target, gpu_bound=graphs)
     inputs = prepared.model.example_inputs(batch_size, seq_len)
     n = len(prepared.table)
-    engine = ColdStartEngine(prepared.model, prepared.store, [target])
-    steps = tqdm(total=5, desc=f"profile {prepared.model.name}", disable=not progress, unit="step")
+    engine = ColdStartEngine(prepared.model, prepared.store, [target], graphs=graphs)
+    regime = "graphs" if graphs else "eager"
+    steps = tqdm(total=5, desc=f"profile {prepared.model.name} ({regime})", disable=not progress, unit="step")
     try:
         engine.infer(inputs, LoadSchedule.all_on_target(n))  # provision: every layer resident
         steps.update()
@@ -266,14 +347,14 @@ def profile_model(
             LayerProfile(i, layer.name, layer.nbytes, load_ms[i], exec_ms[i], dha_ms[i])
             for i, layer in enumerate(prepared.table)
         )
-        key = prepared.plan_key(batch_size, seq_len, gpu_name(target))
+        key = prepared.plan_key(batch_size, seq_len, gpu_name(target), graphs=graphs)
         profile = ModelProfile(
             key=key, fingerprint=prepared.fingerprint, layers=layers, links=measure_links(devices), warm_ms=warm_ms
         )
-        overhead = _fixed_overhead_ms(engine, inputs, profile, warmup, repeats)
-        profile = dataclasses.replace(profile, links=dataclasses.replace(profile.links, setup_ms=overhead))
+        colds = _pipelined_cold_starts(engine, inputs, n, warmup, repeats)
+        profile = dataclasses.replace(profile, links=fit_host_terms(profile, colds))
         steps.update()
     finally:
-        engine.evict()
+        engine.close()  # also drops captured graphs and the address ranges reserved for the profile
         steps.close()
     return profile

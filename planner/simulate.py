@@ -2,18 +2,20 @@
 
 The model of the hardware, kept deliberately small so the planner can call it thousands of times:
 
-- Each source slot is one sequential copy queue that starts at t=0. Slot 0 is the target GPU's own PCIe link;
-  its copies land directly. Slot s > 0 is a peer GPU: it copies its layers over its own PCIe link, then
-  forwards each one to the target over NVLink at `links.p2p_gbps`. A peer's forward queue is separate from
-  its PCIe queue, so the PCIe copy of layer j overlaps the forward of layer j-1.
+- Each source slot is one sequential copy queue that starts at `links.copy_start_ms` (device memory mapped).
+  Slot 0 is the target GPU's own PCIe link; its copies land directly. Slot s > 0 is a peer GPU: it copies its
+  layers over its own PCIe link, then forwards each one to the target over NVLink at `links.p2p_gbps`. A peer's
+  forward queue is separate from its PCIe queue, so the PCIe copy of layer j overlaps the forward of layer j-1.
 - Copies on every queue run in layer order (the engine issues them that way).
 - When k slots copy at once, host memory bounds them: each copy takes `load_ms * h2d_gbps / per_link_gbps(k)`.
   k counts the slots that copy at least one layer, and the scaling holds for the whole cold start (a slot that
   finishes early is not credited back; this slightly overestimates, which keeps plans conservative).
 - Execution cannot begin before `links.setup_ms`, the host time a cold start spends mapping memory, issuing
-  copies and binding weights (copies are modelled as starting at t=0).
+  copies and binding weights.
 - Layer i starts at max(end of layer i-1, ready_i) and runs `exec_ms`, or `dha_exec_ms` if it is read by DHA,
   in which case it is ready at t=0.
+- The cold start ends `links.tail_ms` after the last layer (the output's return, and what this model misses,
+  as fitted by the profiler on real cold starts).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class SimResult:
     """A predicted cold-start timeline, milliseconds from the start of the cold start.
 
     `ready_ms[i]` is when layer i's weights are usable on the target (0 for DHA layers), `start_ms[i]` and
-    `end_ms[i]` bound its execution. `total_ms` is the end of the last layer (the predicted latency).
+    `end_ms[i]` bound its execution. `total_ms` (the predicted latency) is the end of the last layer plus the
+    profile's tail.
     """
 
     ready_ms: tuple[float, ...]
@@ -112,13 +115,14 @@ def ready_times(profile: ModelProfile, schedule: LoadSchedule) -> list[float]:
     slots = {s for s in sources if s != DHA}
     scale = copy_scale(profile, len(slots))
     p2p = profile.links.p2p_gbps
+    first = profile.links.copy_start_ms
     h2d_free: dict[int, float] = {}  # when each slot's PCIe queue is next free
     fwd_free: dict[int, float] = {}  # when each peer's NVLink forward queue is next free
     ready = [0.0] * len(sources)
     for i, (layer, src) in enumerate(zip(profile.layers, sources, strict=True)):
         if src == DHA:
             continue
-        copied = h2d_free.get(src, 0.0) + layer.load_ms * scale
+        copied = h2d_free.get(src, first) + layer.load_ms * scale
         h2d_free[src] = copied
         if src == 0:
             ready[i] = copied
@@ -139,7 +143,8 @@ def execute(profile: ModelProfile, sources: Sequence[int], ready: Sequence[float
         clock = begin + (layer.dha_exec_ms if src == DHA else layer.exec_ms)
         start[i] = begin
         end[i] = clock
-    return SimResult(ready_ms=tuple(ready), start_ms=tuple(start), end_ms=tuple(end), total_ms=clock)
+    total = clock + profile.links.tail_ms
+    return SimResult(ready_ms=tuple(ready), start_ms=tuple(start), end_ms=tuple(end), total_ms=total)
 
 
 def simulate(profile: ModelProfile, schedule: LoadSchedule) -> SimResult:
@@ -176,7 +181,7 @@ class CostModel:
         used = set(sources)
         used.discard(DHA)
         scale = self.scale(len(used))
-        h2d_free = [0.0] * (max(used) + 1 if used else 1)
+        h2d_free = [self.profile.links.copy_start_ms] * (max(used) + 1 if used else 1)
         fwd_free = list(h2d_free)
         clock = self.profile.links.setup_ms
         load, exe, dha, forward = self.load, self.exec, self.dha, self.forward
@@ -190,7 +195,7 @@ class CostModel:
                 ready = (ready if ready > fwd_free[src] else fwd_free[src]) + forward[i]
                 fwd_free[src] = ready
             clock = (clock if clock > ready else ready) + exe[i]
-        return clock
+        return clock + self.profile.links.tail_ms
 
 
 def simulate_total(profile: ModelProfile, schedule: LoadSchedule) -> float:
@@ -206,7 +211,7 @@ def predict_demand(profile: ModelProfile) -> SimResult:
     bandwidth (`total_bytes / h2d_gbps`) rather than paying each layer's small-copy overhead.
     """
     check_profile(profile)
-    loaded = transfer_ms(profile.total_bytes, profile.links.h2d_gbps)
+    loaded = profile.links.copy_start_ms + transfer_ms(profile.total_bytes, profile.links.h2d_gbps)
     ready = [loaded] * len(profile.layers)
     return execute(profile, (0,) * len(profile.layers), ready)
 

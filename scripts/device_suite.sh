@@ -4,11 +4,13 @@
 # results/README.md ("Re-running everything on a device") for the order. Logs and CSVs go to OUT/logs
 # (default $OUT, else results/device), tarred at the end. Wheels: scripts/device_wheels.sh, installed first.
 #   scripts/device_suite.sh [STEP ...]     steps: tests triton triton_graphs engine scale fig12
-#                                          limit (default: all)
+#                                          limit limit_eager (default: all but limit_eager)
 # SUITE_BUDGET_S (default 580): the whole run's limit; a step gets at most what is left of it, minus 15 s for
 # the tar, so that a device call's own limit never kills the run before its logs are packed.
 # FIG12_INSTANCES / FIG12_RATE / FIG12_DURATION_S (default "20 40 80" / 100 / 20): the paper's 4-GPU point set;
 # on 2 GPUs, "10 20 40" at 50 req/s keeps the per-GPU instance count and request rate.
+# LIMIT_ARGS (default "--all --dtypes float32 float16"): models and dtypes of `limit` (DeepPlan follows graph-regime
+# plans) and `limit_eager` (the same with plans profiled eagerly, for comparison).
 set -uo pipefail
 deadline=$(( $(date +%s) + ${SUITE_BUDGET_S:-580} - 15 ))  # first: the install below counts too
 OUT=${OUT:-results/device}
@@ -48,8 +50,13 @@ for step in $steps; do
             --instances ${FIG12_INSTANCES:-20 40 80} --engines pipeline deepplan deepplan+pt --devices auto \
             --rate "${FIG12_RATE:-100}" --duration-s "${FIG12_DURATION_S:-20}" --drain-s 5 \
             --slo-ms 100 --warmup-s 2 --budget 2GiB --out "$L/fig12" ;;
-        limit) run coldstart_limit 560 python3 -m benchmark.coldstart_limit --all --dtypes float32 float16 \
+        # shellcheck disable=SC2086  # LIMIT_ARGS is a list of options
+        limit) run coldstart_limit 560 python3 -m benchmark.coldstart_limit ${LIMIT_ARGS:---all --dtypes float32 float16} \
             -p "$L/plans" -n 8 --warmup 2 -o "$L/coldstart_limit.csv" ;;
+        # shellcheck disable=SC2086
+        limit_eager) run coldstart_limit_eager 560 python3 -m benchmark.coldstart_limit --eager-plans \
+            ${LIMIT_ARGS:---all --dtypes float32 float16} -p "$L/plans" -n 8 --warmup 2 \
+            -o "$L/coldstart_limit_eager_plans.csv" ;;
         *) echo "unknown step $step" >&2; exit 2 ;;
     esac
 done

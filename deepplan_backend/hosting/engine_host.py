@@ -161,6 +161,7 @@ class _Host:
         return served
 
     def _answer(self, conn: socket.socket, served: Any, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
+        start = time.perf_counter()
         requests: list[dict[str, np.ndarray | None]] = []
         it = iter(arrays)
         try:
@@ -172,8 +173,16 @@ class _Host:
         answers = served.answer(requests)  # validation here; budget and device work on the device thread
         if any(a.error and "CUDA" in a.error for a in answers):
             self._on_device_thread(_exit_if_device_broken)
+        host_ms = (time.perf_counter() - start) * 1e3
         meta = [
-            {"cold": a.cold, "provision_ms": a.provision_ms, "error": a.error, "invalid": a.invalid} for a in answers
+            {
+                "cold": a.cold,
+                "provision_ms": a.provision_ms,
+                "error": a.error,
+                "invalid": a.invalid,
+                "timing": {**a.timing, "host_ms": host_ms},
+            }
+            for a in answers
         ]
         outputs = [a.output for a in answers if a.output is not None]
         status = served.status()

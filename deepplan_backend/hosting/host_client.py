@@ -216,8 +216,10 @@ class HostedModel:
             present = [(k, v) for k, v in request.items() if v is not None]
             names.append([k for k, _ in present])
             arrays += [v for _, v in present]
+        start = time.perf_counter()
         send_message(sock, {"op": "answer", "requests": names}, arrays)
         reply, outputs = recv_message(sock)
+        exchange_ms = (time.perf_counter() - start) * 1e3
         if not reply.get("ok"):
             raise WireError(str(reply.get("error", "the host refused the request")))
         self._note_status(reply)
@@ -237,6 +239,7 @@ class HostedModel:
                     provision_ms=float(meta.get("provision_ms", 0.0)),
                     error=meta.get("error"),
                     invalid=bool(meta.get("invalid")),
+                    timing={**_timing(meta.get("timing")), "exchange_ms": exchange_ms},
                 )
             )
         return answers
@@ -295,6 +298,13 @@ def _retrying(
                 raise
             time.sleep(0.2 * attempt)
     raise AssertionError("unreachable")
+
+
+def _timing(value: object) -> dict[str, float]:
+    """The host's per-phase timing of an answer (numbers only; anything else from the wire is dropped)."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): float(v) for k, v in value.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def _unsendable(request: Mapping[str, np.ndarray | None]) -> Answer | None:

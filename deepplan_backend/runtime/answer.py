@@ -6,9 +6,16 @@ CUDA context and no PyTorch import (see `deepplan_backend.hosting`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
+
+TRACE_ENV = "DEEPPLAN_TRACE"
+"""``DEEPPLAN_TRACE=1`` in the server's environment: the backend prints where each batch's time went."""
+PHASES = ("validate_ms", "queue_ms", "room_ms", "engine_ms", "release_ms")
+"""A served request's phases: input checks, waiting for the device thread, taking budget (evicting others),
+the engine's cold or warm forward (inputs in, output back on the host), giving the budget back."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,9 @@ class Answer:
     provision_ms: float = 0.0
     error: str | None = None
     invalid: bool = False
+    timing: Mapping[str, float] = field(default_factory=dict)
+    """Where the request's time went on the serving side, ms per phase (`PHASES`; with an engine host also
+    `host_ms`, its whole handling of the message, and `exchange_ms`, the front end's round trip to it)."""
 
     def cold_start_rows(self) -> np.ndarray:
         """The ``cold_start`` output: one ``[met a cold start 0/1, provisioning ms]`` row per batch row.

@@ -35,6 +35,16 @@ Assignment = tuple[dict, str, torch.Tensor]
 
 
 @dataclass(frozen=True)
+class ColdPhases:
+    """When a cold start's host reached its milestones, ms from the request's start (what the planner fits)."""
+
+    mapped_ms: float
+    """Device memory mapped: the first copy can be issued from here on."""
+    launch_ms: float
+    """Copies issued and weights bound: the forward's first kernel is launched from here on."""
+
+
+@dataclass(frozen=True)
 class InferenceResult:
     """One answer and how it was obtained."""
 
@@ -42,6 +52,8 @@ class InferenceResult:
     cold: bool
     latency_ms: float
     copied_bytes: int
+    phases: ColdPhases | None = None
+    """Milestones of a cold start (None when warm)."""
 
 
 @dataclass(frozen=True)
@@ -141,16 +153,18 @@ class ColdStartEngine:
         """
         start = time.perf_counter()
         cold = self._resident is None
+        marks: list[float] = []
         with self._on_target(), torch.inference_mode():
             device_inputs = self._to_device(inputs)
             if cold:
                 layout = self._layout(schedule)
-                output = self._cold_forward(device_inputs, layout, overlap)
+                output = self._cold_forward(device_inputs, layout, overlap, marks)
             else:
                 output = self._warm_forward(device_inputs)
             result = output.float().cpu()
         copied = layout.copied_bytes if cold else 0
-        return InferenceResult(result, cold, (time.perf_counter() - start) * 1e3, copied)
+        phases = ColdPhases(*((t - start) * 1e3 for t in marks)) if cold else None
+        return InferenceResult(result, cold, (time.perf_counter() - start) * 1e3, copied, phases)
 
     def provision(self, schedule: LoadSchedule) -> float:
         """Make the model resident without running it (pre-warming); returns the set-up host time in ms.
@@ -349,15 +363,20 @@ class ColdStartEngine:
                 hooks.append((layer.name, new))
         return up_front, hooks
 
-    def _cold_forward(self, inputs: dict[str, torch.Tensor], layout: _Layout, overlap: bool) -> torch.Tensor:
+    def _cold_forward(
+        self, inputs: dict[str, torch.Tensor], layout: _Layout, overlap: bool, marks: list[float]
+    ) -> torch.Tensor:
+        """Map, issue the copies, bind, run; appends the `ColdPhases` milestones (perf_counter) to `marks`."""
         layout.arena.map()
         self._resident = layout  # from here on, a failure must evict to unmap and unbind
+        marks.append(time.perf_counter())
         try:
             if overlap:
                 tokens = self.copier.issue(layout.jobs, layout.events)
             else:
                 tokens = self.copier.issue(layout.demand_jobs)
             _apply(layout.binding)
+            marks.append(time.perf_counter())
             captured = layout.captured.get(signature(inputs)) if self.graphs else None
             if not overlap:
                 for token in tokens:

@@ -15,6 +15,11 @@ DHA = -1
 ENGINES = ("demand", "pipeline", "deepplan")
 """Cold-start modes, spelled as the seed's `-e` option spells them."""
 
+EXECUTIONS = ("eager", "graphs")
+"""How the forward runs when the plan is followed: eager PyTorch (host-launched kernels) or replayed CUDA graphs.
+The two regimes have different per-layer times (eager batch-1 forwards are bound by host launches), so a plan is
+made for one of them and its key says which."""
+
 SCHEMA_VERSION = 1
 """Bumped whenever the plan file's meaning changes; older files are refused, not guessed at."""
 
@@ -32,10 +37,13 @@ class PlanKey:
     seq_len: int
     dtype: str
     gpu_name: str
+    execution: str = "eager"
 
     def __post_init__(self) -> None:
         if not self.model:
             raise PlanError("plan key needs a model name")
+        if self.execution not in EXECUTIONS:
+            raise PlanError(f"{self.model}: execution {self.execution!r} is not one of {', '.join(EXECUTIONS)}")
         if self.batch_size < 1 or self.seq_len < 1:
             raise PlanError(f"{self.model}: batch size and sequence length must be >= 1")
 
@@ -71,8 +79,13 @@ class LinkProfile:
     p2p_gbps: float
     concurrent_h2d_gbps: Mapping[int, float] = field(default_factory=dict)
     setup_ms: float = 0.0
-    """Host time a cold start spends before its first kernel launch (arena map, copy issue, binding): on a
-    launch-bound GPU nothing executes before it, so the simulator starts execution at this time."""
+    """Host time a cold start spends before its first kernel launch (arena map, copy issue, binding): nothing
+    executes before it, so the simulator starts execution at this time."""
+    copy_start_ms: float = 0.0
+    """Host time before the first copy can be issued (mapping device memory): copy queues start here."""
+    tail_ms: float = 0.0
+    """Host time after the last layer (the output's return), plus what the per-layer model misses, fitted on
+    real cold starts. Plans made before these two fields existed hold 0 in both and all of it in `setup_ms`."""
 
     def per_link_gbps(self, num_devices: int) -> float:
         """Bandwidth one link gets while `num_devices` links copy at the same time."""

@@ -27,6 +27,7 @@ _SCHEMA: tuple[tuple[str, tuple[tuple[str, int, int, bool, str], ...]], ...] = (
             ("seq_len", 3, _F.TYPE_UINT32, False, ""),
             ("dtype", 4, _F.TYPE_STRING, False, ""),
             ("gpu_name", 5, _F.TYPE_STRING, False, ""),
+            ("execution", 6, _F.TYPE_STRING, False, ""),
         ),
     ),
     (
@@ -54,6 +55,8 @@ _SCHEMA: tuple[tuple[str, tuple[tuple[str, int, int, bool, str], ...]], ...] = (
             ("p2p_gbps", 2, _F.TYPE_DOUBLE, False, ""),
             ("concurrent_h2d", 3, _F.TYPE_MESSAGE, True, "ConcurrentBandwidth"),
             ("setup_ms", 4, _F.TYPE_DOUBLE, False, ""),
+            ("copy_start_ms", 5, _F.TYPE_DOUBLE, False, ""),
+            ("tail_ms", 6, _F.TYPE_DOUBLE, False, ""),
         ),
     ),
     (

@@ -73,14 +73,19 @@ def _sanitize(part: str) -> str:
 
 
 def plan_filename(key: PlanKey) -> str:
-    """File name of a key's plan, e.g. `bert-base.b1.s384.float32.NVIDIA_H200.plan`."""
-    parts = (
+    """File name of a key's plan, e.g. `bert-base.b1.s384.float32.NVIDIA_H200.plan`.
+
+    A plan made for CUDA-graph execution ends in `.graphs.plan`; eager plans keep the name they always had.
+    """
+    parts = [
         _sanitize(key.model),
         f"b{key.batch_size}",
         f"s{key.seq_len}",
         _sanitize(key.dtype),
         _sanitize(key.gpu_name),
-    )
+    ]
+    if key.execution != "eager":
+        parts.append(key.execution)
     return ".".join(parts) + PLAN_SUFFIX
 
 
@@ -99,7 +104,7 @@ def _to_message(plan: Plan):
     )
     k = plan.key
     msg.key.model, msg.key.batch_size, msg.key.seq_len = k.model, k.batch_size, k.seq_len
-    msg.key.dtype, msg.key.gpu_name = k.dtype, k.gpu_name
+    msg.key.dtype, msg.key.gpu_name, msg.key.execution = k.dtype, k.gpu_name, k.execution
     for layer in plan.layers:
         msg.layers.add(
             index=layer.index,
@@ -112,6 +117,8 @@ def _to_message(plan: Plan):
     msg.links.h2d_gbps = plan.links.h2d_gbps
     msg.links.p2p_gbps = plan.links.p2p_gbps
     msg.links.setup_ms = plan.links.setup_ms
+    msg.links.copy_start_ms = plan.links.copy_start_ms
+    msg.links.tail_ms = plan.links.tail_ms
     for n, gbps in sorted(plan.links.concurrent_h2d_gbps.items()):
         msg.links.concurrent_h2d.add(num_devices=n, gbps=gbps)
     for v in plan.variants:
@@ -266,6 +273,8 @@ def _links_of(msg) -> LinkProfile:
         p2p_gbps=_finite(msg.links.p2p_gbps, "p2p_gbps", positive=True, limit=MAX_GBPS),
         concurrent_h2d_gbps=concurrent,
         setup_ms=_finite(msg.links.setup_ms, "setup_ms"),
+        copy_start_ms=_finite(msg.links.copy_start_ms, "copy_start_ms"),
+        tail_ms=_finite(msg.links.tail_ms, "tail_ms"),
     )
 
 
@@ -299,7 +308,7 @@ def _plan_of(msg) -> Plan:
     if not msg.HasField("key"):
         raise ValueError("no plan key")
     k = msg.key
-    key = PlanKey(k.model, k.batch_size, k.seq_len, k.dtype, k.gpu_name)
+    key = PlanKey(k.model, k.batch_size, k.seq_len, k.dtype, k.gpu_name, k.execution or "eager")  # "": older file
     if not msg.fingerprint:
         raise ValueError("no model fingerprint")
     layers = _layers_of(msg)
@@ -353,11 +362,25 @@ def read_plan(path: str | os.PathLike[str]) -> Plan:
     return plan_from_bytes(data, source=str(path))
 
 
+def replan_command(key: PlanKey, repo: str | os.PathLike[str]) -> str:
+    """The planner command that makes the plan for `key` (options only where they differ from the defaults)."""
+    parts = [f"python3 -m planner -m {key.model} -p {repo}"]
+    if key.batch_size != 1:
+        parts.append(f"-b {key.batch_size}")
+    if key.seq_len != 1:  # ResNet keys hold 1; a text model's default length is planned when -s is left out
+        parts.append(f"-s {key.seq_len}")
+    if key.dtype != "float32":
+        parts.append(f"--dtype {key.dtype}")
+    if key.execution == "graphs":
+        parts.append("--graphs")
+    return " ".join(parts)
+
+
 def _key_mismatch(found: PlanKey, wanted: PlanKey) -> list[str]:
     """Human-readable differences between the key a file holds and the one asked for."""
     return [
         f"{field} {getattr(found, field)!r} (wanted {getattr(wanted, field)!r})"
-        for field in ("model", "batch_size", "seq_len", "dtype", "gpu_name")
+        for field in ("model", "batch_size", "seq_len", "dtype", "gpu_name", "execution")
         if getattr(found, field) != getattr(wanted, field)
     ]
 
@@ -372,19 +395,19 @@ def load_plan(repo: str | os.PathLike[str], key: PlanKey, fingerprint: str | Non
     path = plan_path(repo, key)
     if not path.exists():
         raise PlanNotFound(
-            f"no plan for {key.model} (batch {key.batch_size}, seq {key.seq_len}, {key.dtype}, {key.gpu_name}) "
-            f"in {repo}: expected {path.name}; make it with `python3 -m planner -m {key.model} -p {repo}`"
+            f"no plan for {key.model} (batch {key.batch_size}, seq {key.seq_len}, {key.dtype}, {key.gpu_name}, "
+            f"{key.execution} execution) in {repo}: expected {path.name}; make it with `{replan_command(key, repo)}`"
         )
     plan = read_plan(path)
     mismatch = _key_mismatch(plan.key, key)
     if mismatch:
         raise ForeignPlan(
             f"{path} was made for another situation than {key.model}'s: {'; '.join(mismatch)}; "
-            f"re-plan with `python3 -m planner -m {key.model} -p {repo}` on this GPU"
+            f"re-plan with `{replan_command(key, repo)}` on this GPU"
         )
     if fingerprint is not None and plan.fingerprint != fingerprint:
         raise StalePlan(
             f"{path}: {key.model} changed since it was planned (fingerprint {plan.fingerprint[:16]} in the file, "
-            f"{fingerprint[:16]} now); re-plan with `python3 -m planner -m {key.model} -p {repo}`"
+            f"{fingerprint[:16]} now); re-plan with `{replan_command(key, repo)}`"
         )
     return plan

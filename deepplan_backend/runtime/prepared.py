@@ -35,10 +35,10 @@ class PreparedModel:
         """Structure digest a plan must match (see `LayerTable.fingerprint`)."""
         return self.table.fingerprint(self.model.family)
 
-    def plan_key(self, batch_size: int, seq_len: int | None, gpu_name: str) -> PlanKey:
-        """The plan repository key for serving this model in the given shape on the given GPU."""
+    def plan_key(self, batch_size: int, seq_len: int | None, gpu_name: str, graphs: bool = False) -> PlanKey:
+        """The plan repository key for serving this model in the given shape on the given GPU, eager or as graphs."""
         seq = 1 if self.model.family == "resnet" else (self.model.default_seq_len if seq_len is None else seq_len)
-        return PlanKey(self.model.name, batch_size, seq, self.model.dtype, gpu_name)
+        return PlanKey(self.model.name, batch_size, seq, self.model.dtype, gpu_name, "graphs" if graphs else "eager")
 
 
 def prepare(name_or_path: str, dtype: str = "float32", seed: int = 0, pin: bool | None = None) -> PreparedModel:

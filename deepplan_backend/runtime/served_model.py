@@ -14,6 +14,7 @@ Nothing here imports Triton, so it is usable (and tested) on its own.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import fcntl
 import hashlib
@@ -254,7 +255,8 @@ def plan_or_make(prepared: PreparedModel, settings: ServeSettings, devices: list
     from planner.planning import make_plan
     from planner.profiler import profile_model
 
-    key = prepared.plan_key(settings.plan_batch, settings.seq_len, gpu_name(devices[0]))
+    graphs = settings.graphs and devices[0].type == "cuda"  # graphs are ignored on CPU, and so is their regime
+    key = prepared.plan_key(settings.plan_batch, settings.seq_len, gpu_name(devices[0]), graphs=graphs)
     repo = settings.plan_repository
     repo.mkdir(parents=True, exist_ok=True)
     counts = sorted({1, len(devices)})
@@ -263,7 +265,7 @@ def plan_or_make(prepared: PreparedModel, settings: ServeSettings, devices: list
         return all(any(v.engine == "deepplan" and v.num_devices == n for v in plan.variants) for n in counts)
 
     # A stable digest (not hash(), which is salted per process): every stub must take the same lock.
-    digest = hashlib.sha256(repr((key.model, key.batch_size, key.seq_len, key.dtype, key.gpu_name)).encode())
+    digest = hashlib.sha256(repr(dataclasses.astuple(key)).encode())
     lock_path = repo / f".lock-{digest.hexdigest()[:16]}"
     if settings.path_policy is not None:  # a planted symlink or FIFO in the plan repository is refused, not opened
         for path, what in ((plan_path(repo, key), "plan file"), (lock_path, "plan lock file")):
@@ -280,7 +282,9 @@ def plan_or_make(prepared: PreparedModel, settings: ServeSettings, devices: list
                 plan = load_plan(repo, key, prepared.fingerprint)
                 if usable(plan):
                     return plan, False
-            profile = profile_model(prepared, devices, settings.plan_batch, settings.seq_len, 1, 3, progress=False)
+            profile = profile_model(
+                prepared, devices, settings.plan_batch, settings.seq_len, 1, 3, progress=False, graphs=graphs
+            )
             created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             plan = make_plan(profile, counts, created)
             save_plan(repo, plan)
@@ -472,29 +476,45 @@ class ServedModel:
         spent queued behind other requests, or waiting for room held by requests in other processes, is not in
         it (the client sees it, the provisioning does not).
         """
+        output, cold, provision_ms, _ = self._infer_timed(inputs, room_timeout_s)
+        return output, cold, provision_ms
+
+    def _infer_timed(
+        self, inputs: dict[str, torch.Tensor], room_timeout_s: float = WAIT_TIMEOUT_S
+    ) -> tuple[torch.Tensor, bool, float, dict[str, float]]:
+        """`infer`, plus the request's phases in ms (queue, room, engine, release: see `answer.PHASES`)."""
+        timing: dict[str, float] = {}
 
         def on_device() -> tuple[InferenceResult, float] | None:
             start = time.perf_counter()
+            timing["queue_ms"] = timing.get("queue_ms", 0.0) + (start - queued) * 1e3
             try:  # never wait here: the device thread serves every model of its GPU
                 self.residency.acquire(self.key, self.need_bytes, wait=False)
             except RoomBusy:
                 return None
+            acquired = time.perf_counter()
             resident = 0
             try:
                 with self._lock, self._exec_lock:
                     result = self.engine.infer(inputs, self.schedule, self.overlap)
                 resident = self.engine.resident_bytes
+                ran = time.perf_counter()
             finally:
                 self.residency.release(self.key, resident)
-            return result, (time.perf_counter() - start) * 1e3
+            end = time.perf_counter()
+            timing.update(room_ms=(acquired - start) * 1e3, engine_ms=(ran - acquired) * 1e3)
+            timing["release_ms"] = (end - ran) * 1e3
+            return result, (end - start) * 1e3
 
         deadline = time.monotonic() + room_timeout_s
+        queued = time.perf_counter()
         while (done := self._device_runner(on_device)) is None:
             # Room held by requests in other processes (e.g. `process: instance` models on this GPU): wait for
             # it on the caller's thread, then queue for the device again.
             self.residency.wait_for_room(self.key, self.need_bytes, max(0.0, deadline - time.monotonic()))
+            queued = time.perf_counter()
         result, elapsed_ms = done
-        return result.output, result.cold, elapsed_ms if result.cold else 0.0
+        return result.output, result.cold, elapsed_ms if result.cold else 0.0, timing
 
     def answer(self, requests: list[Mapping[str, np.ndarray | None]]) -> list[Answer]:
         """One `Answer` per request, in order.
@@ -504,6 +524,7 @@ class ServedModel:
         """
         answers: list[Answer | None] = [None] * len(requests)
         groups: dict[tuple, list[tuple[int, dict[str, torch.Tensor]]]] = {}
+        start = time.perf_counter()
         for i, arrays in enumerate(requests):
             try:
                 inputs = self.validate(arrays)
@@ -512,6 +533,7 @@ class ServedModel:
                 continue
             signature = tuple((k, tuple(v.shape[1:])) for k, v in sorted(inputs.items()))
             groups.setdefault(signature, []).append((i, inputs))
+        validate_ms = (time.perf_counter() - start) * 1e3
         for members in groups.values():
             names = members[0][1].keys()
             if len(members) == 1:  # the usual case at batch 1: no copy
@@ -519,17 +541,18 @@ class ServedModel:
             else:
                 batch = {k: torch.cat([inputs[k] for _, inputs in members]) for k in names}
             try:
-                output, cold, provision_ms = self.infer(batch)
+                output, cold, provision_ms, timing = self._infer_timed(batch)
             except Exception as exc:  # cold start failed, budget cannot fit, ...: every member gets the reason
                 for i, _ in members:
                     answers[i] = Answer(error=f"{self.key}: {type(exc).__name__}: {exc}")
                 continue
             rows = output.to(torch.float32).numpy()
-            start = 0
+            timing["validate_ms"] = validate_ms
+            row = 0
             for i, inputs in members:
                 n = next(iter(inputs.values())).shape[0]
-                answers[i] = Answer(output=rows[start : start + n], cold=cold, provision_ms=provision_ms)
-                start += n
+                answers[i] = Answer(output=rows[row : row + n], cold=cold, provision_ms=provision_ms, timing=timing)
+                row += n
         return [a if a is not None else Answer(error="not answered") for a in answers]
 
     def status(self) -> ModelStatus:

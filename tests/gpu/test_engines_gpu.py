@@ -144,6 +144,33 @@ def test_graph_replay_survives_evict_cycles(name: str) -> None:
     engine.close()
 
 
+def test_graph_regime_profile_measures_gpu_time_and_its_plan_replays_correctly() -> None:
+    """A graph-regime profile holds GPU time (shorter than eager's launch-bound spans) and its plan runs right."""
+    from planner.planning import make_plan
+    from planner.profiler import profile_model
+
+    prepared = prepare("bert-base")
+    target = torch.device("cuda:0")
+    eager = profile_model(prepared, [target], warmup=1, repeats=3, progress=False)
+    graphs = profile_model(prepared, [target], warmup=1, repeats=3, progress=False, graphs=True)
+    assert (eager.key.execution, graphs.key.execution) == ("eager", "graphs")
+    print(f"bert-base forward: eager {eager.warm_ms:.3f} ms, GPU-bound {graphs.warm_ms:.3f} ms")
+    assert graphs.warm_ms < eager.warm_ms  # batch 1 eager is paced by host launches on an H100/H200
+    assert sum(layer.exec_ms for layer in graphs.layers) == pytest.approx(graphs.warm_ms, rel=1e-6)
+    embeddings = next(layer for layer in graphs.layers if layer.name.endswith("word_embeddings"))
+    assert embeddings.dha_exec_ms < embeddings.load_ms  # a lookup reads 384 rows, not the 94 MB table
+    plan = make_plan(graphs, [1], "now")
+    schedule = plan.variant("deepplan", 1).schedule
+    assert embeddings.index in schedule.dha_layers
+    inputs = prepared.model.example_inputs(1)
+    expected = _reference("bert-base", "float32", inputs)
+    engine = ColdStartEngine(prepared.model, prepared.store, [target], graphs=True)
+    for cycle in range(CYCLES):
+        _cold_then_warm(engine, inputs, schedule, True, expected, f"graph-regime plan #{cycle}")
+        engine.evict()
+    engine.close()
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_target_other_than_gpu0_from_a_thread_on_gpu0() -> None:
     """An engine host serves models of one target GPU from threads that last used another GPU."""

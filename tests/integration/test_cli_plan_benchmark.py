@@ -173,6 +173,12 @@ def test_gpu_ids_on_a_cpu_only_machine(cli: str, tmp_path: Path, capsys: pytest.
     assert "CUDA is not available" in err and "[0]" in err
 
 
+def test_graph_regime_planning_needs_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert planner_main(["-m", "tiny-bert", "--graphs", "-p", str(tmp_path / "r"), "-q"]) == 2
+    assert "CUDA-graph execution needs a GPU" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
 def test_planner_show_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert planner_main(["--show", str(tmp_path / "nope.plan")]) == 2
     assert "nope.plan" in capsys.readouterr().err

@@ -220,10 +220,10 @@ class _Prepared:
 
     fingerprint = "fp"
 
-    def plan_key(self, batch, seq, gpu):
+    def plan_key(self, batch, seq, gpu, graphs=False):
         from deepplan_backend.runtime.plan import PlanKey
 
-        return PlanKey("tiny-bert", batch, seq or 128, "float32", gpu)
+        return PlanKey("tiny-bert", batch, seq or 128, "float32", gpu, "graphs" if graphs else "eager")
 
 
 def test_planted_symlink_or_fifo_as_plan_file_is_refused_not_opened(tree):

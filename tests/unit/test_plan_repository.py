@@ -80,6 +80,49 @@ def test_round_trip_equality(tmp_path):
     assert load_plan(tmp_path / "repo", KEY, None).created_at == "later"
 
 
+GRAPHS_KEY = dataclasses.replace(KEY, execution="graphs")
+
+
+def test_a_graph_regime_plan_has_its_own_file_and_round_trips(tmp_path):
+    assert plan_filename(GRAPHS_KEY) == "bert-base.b1.s384.float32.NVIDIA_H200.graphs.plan"
+    eager, graphs = make_plan_obj(), make_plan_obj(GRAPHS_KEY)
+    save_plan(tmp_path, eager)
+    save_plan(tmp_path, graphs)
+    assert load_plan(tmp_path, KEY, "abc123") == eager
+    assert load_plan(tmp_path, GRAPHS_KEY, "abc123") == graphs
+    assert len(list_plans(tmp_path)) == 2
+
+
+def test_a_file_without_execution_is_an_eager_plan(tmp_path):
+    msg = _message()
+    msg.key.ClearField("execution")  # what files written before plans knew their regime hold
+    _write(tmp_path, msg.SerializeToString())
+    assert load_plan(tmp_path, KEY, "abc123").key.execution == "eager"
+
+
+def test_a_plan_of_the_other_regime_is_refused(tmp_path):
+    save_plan(tmp_path, make_plan_obj())
+    plan_path(tmp_path, KEY).rename(plan_path(tmp_path, GRAPHS_KEY))
+    with pytest.raises(ForeignPlan, match=r"execution 'eager' \(wanted 'graphs'\).*--graphs"):
+        load_plan(tmp_path, GRAPHS_KEY, "abc123")
+
+
+def test_an_unknown_execution_is_refused(tmp_path):
+    with pytest.raises(PlanError, match="execution 'jit'"):
+        dataclasses.replace(KEY, execution="jit")
+    msg = _message()
+    msg.key.execution = "jit"
+    _write(tmp_path, msg.SerializeToString())
+    with pytest.raises(CorruptPlan, match="execution 'jit'"):
+        load_plan(tmp_path, KEY, "abc123")
+
+
+def test_not_found_names_the_command_for_the_missing_key(tmp_path):
+    key = PlanKey("gpt2", 4, 1024, "float16", "NVIDIA H200", "graphs")
+    with pytest.raises(PlanNotFound, match=r"python3 -m planner -m gpt2 -p \S+ -b 4 -s 1024 --dtype float16 --graphs`"):
+        load_plan(tmp_path, key, "abc123")
+
+
 def test_not_found_says_how_to_make_it(tmp_path):
     with pytest.raises(PlanNotFound, match=r"python3 -m planner -m bert-base -p .*repo"):
         load_plan(tmp_path / "repo", KEY, "abc123")
