@@ -68,6 +68,9 @@ def test_quick_run_writes_complete_correct_results(tmp_path):
         assert float(bert[col]) > 0, col
     assert float(bert["client_cold_ms"]) >= float(bert["backend_cold_ms"]) >= float(bert["engine_cold_ms"])
     assert int(bert["evict_run_cold_starts"]) >= 2 and int(bert["evictions"]) >= 2
+    # the backend's trace lines split the cold requests: each phase lies inside the one around it
+    t = {p: float(bert[f"trace_{p}_ms"]) for p in ("answer", "exchange", "host", "engine", "validate")}
+    assert t["answer"] >= t["exchange"] >= t["host"] >= t["engine"] > 0 and t["host"] >= t["validate"] > 0, t
     assert bert["budget_respected"] == "True"
 
     doc = json.loads((out / "triton_coldstart.json").read_text())

@@ -91,7 +91,8 @@ def test_matches_plain_model_cold_and_warm_over_evict_cycles(case, mode: str) ->
             assert where[i] == ("host" if schedule.sources[i] == DHA else "arena"), (mode, i)
         addresses.add(tuple(p.data_ptr() for p in prepared.model.module.parameters()))
         warm = engine.infer(inputs, schedule, overlap)
-        assert not warm.cold and warm.copied_bytes == 0
+        assert not warm.cold and warm.copied_bytes == 0 and warm.phases is None
+        assert cold.phases is not None and 0 <= cold.phases.mapped_ms <= cold.phases.launch_ms <= cold.latency_ms
         for result in (cold, warm):
             assert result.output.dtype == torch.float32 and result.output.device == CPU
             assert result.latency_ms > 0

@@ -98,3 +98,30 @@ def test_measure_links_on_cpu() -> None:
     links = measure_links([CPU], nbytes=1 << 20)
     assert links.h2d_gbps > 0 and links.p2p_gbps == links.h2d_gbps
     assert set(links.concurrent_h2d_gbps) == {1}
+
+
+def test_host_terms_are_fitted_from_cold_start_milestones() -> None:
+    from deepplan_backend.runtime.engine import ColdPhases, InferenceResult
+    from deepplan_backend.runtime.plan import LayerProfile, LinkProfile, PlanKey
+    from planner.profiler import fit_host_terms
+
+    layers = (LayerProfile(0, "a", 10, 2.0, 1.0, 5.0), LayerProfile(1, "b", 10, 1.0, 1.0, 5.0))
+    profile = ModelProfile(PlanKey("toy", 1, 8, "float32", "cpu"), "fp", layers, LinkProfile(10.0, 10.0), 2.0)
+    out = torch.zeros(1)
+
+    def cold(mapped: float, launch: float, total: float) -> InferenceResult:
+        return InferenceResult(out, True, total, 20, ColdPhases(mapped, launch))
+
+    links = fit_host_terms(profile, [cold(0.4, 0.9, 5.0), cold(0.6, 1.1, 5.2), cold(0.5, 1.0, 9.0)])
+    # medians: copies from 0.5, launch at 1.0; simulated end 0.5 + 2 + 1 + 1 = 4.5; measured median 5.2
+    assert (links.copy_start_ms, links.setup_ms) == pytest.approx((0.5, 1.0))
+    assert links.tail_ms == pytest.approx(0.7)
+    # a model the simulation already over-predicts gets no negative tail
+    assert fit_host_terms(profile, [cold(0.5, 1.0, 3.0)]).tail_ms == 0.0
+
+
+def test_graph_regime_planning_is_refused_without_a_gpu() -> None:
+    from deepplan_backend.runtime.plan import PlanError
+
+    with pytest.raises(PlanError, match="CUDA-graph execution needs a GPU"):
+        profile_model(prepare("tiny-bert"), [CPU], repeats=1, warmup=0, progress=False, graphs=True)

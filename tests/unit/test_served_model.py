@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from deepplan_backend.runtime import served_model
+from deepplan_backend.runtime.answer import PHASES
 from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
 
 
@@ -35,6 +36,9 @@ def test_device_work_goes_through_the_runner_and_nothing_else(tmp_path: Path) ->
         assert calls == [threading.current_thread().name]  # one device call for the batch; invalid never got there
         warm = served.answer([{"input_ids": x}])[0]
         assert not warm.cold and len(calls) == 2
+        for answer in (answers[0], warm):  # where the time went, phase by phase (DEEPPLAN_TRACE prints it)
+            assert set(answer.timing) == set(PHASES) and all(v >= 0 for v in answer.timing.values())
+        assert answers[0].timing["engine_ms"] <= answers[0].provision_ms
     finally:
         served.close()
 

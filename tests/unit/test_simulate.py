@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -15,7 +16,7 @@ from deepplan_backend.runtime.plan import (
     PlanError,
     PlanKey,
 )
-from planner.simulate import predict, predict_demand, simulate
+from planner.simulate import CostModel, predict, predict_demand, simulate
 
 KEY = PlanKey("toy", 1, 8, "float32", "Test GPU")
 
@@ -117,3 +118,34 @@ def test_empty_model_takes_no_time():
     p = profile([])
     assert simulate(p, LoadSchedule.all_on_target(0)).total_ms == 0.0
     assert predict_demand(p).total_ms == 0.0
+
+
+def _with_host(p: ModelProfile, copy_start: float, setup: float, tail: float) -> ModelProfile:
+    links = dataclasses.replace(p.links, copy_start_ms=copy_start, setup_ms=setup, tail_ms=tail)
+    return dataclasses.replace(p, links=links)
+
+
+def test_host_terms_shift_copies_delay_execution_and_end_with_the_tail():
+    # copies can only start once memory is mapped (0.5): ready 2.5, 3.5; execution from 1.0 at the earliest
+    p = _with_host(profile([(10, 2.0, 1.0, 0.25), (10, 1.0, 1.0, 9.0)]), copy_start=0.5, setup=1.0, tail=0.25)
+    r = simulate(p, LoadSchedule.all_on_target(2))
+    assert r.ready_ms == pytest.approx((2.5, 3.5))
+    assert r.start_ms == pytest.approx((2.5, 3.5))
+    assert r.total_ms == pytest.approx(4.75)  # last layer ends at 4.5, then the tail
+    # a DHA layer needs no copy, but still waits for the set-up
+    d = simulate(p, LoadSchedule((DHA, 0), 1))
+    assert d.start_ms == pytest.approx((1.0, 1.5)) and d.total_ms == pytest.approx(2.75)
+    # demand: one copy of all 20 bytes after the mapping (done at ~0.5), both layers from the set-up's end on
+    assert predict_demand(p).total_ms == pytest.approx(1.0 + 2.0 + 0.25)
+
+
+def test_cost_model_agrees_with_the_simulator_with_host_terms():
+    p = _with_host(
+        profile([(10, 2.0, 1.0, 0.5), (2_000_000, 1.0, 0.5, 3.0), (10, 0.5, 0.2, 0.1)], concurrent={2: 12.0}),
+        copy_start=0.4,
+        setup=0.9,
+        tail=0.3,
+    )
+    model = CostModel(p)
+    for sources, n in (((0, 0, 0), 1), ((DHA, 1, 0), 2), ((1, 1, DHA), 2), ((DHA, DHA, DHA), 1)):
+        assert model.total(sources) == pytest.approx(simulate(p, LoadSchedule(sources, n)).total_ms)
