@@ -147,3 +147,40 @@ def test_waiting_for_room_held_elsewhere_leaves_the_device_thread_free(tmp_path:
         served.close()
         other.unregister("other#0")
         device.shutdown()
+
+
+def test_an_eviction_asked_during_a_warm_request_waits_for_it_and_the_budget_stays_exact(tmp_path: Path) -> None:
+    """Warm requests take no budget first, so another model may pick a model mid-request as its victim: the
+    eviction must wait for the request and its release, and the state must end with the victim's bytes freed."""
+    probe = ServedModel(_settings(tmp_path, "1GiB"), "probe#0", 1)
+    need = probe.need_bytes
+    probe.close()
+    settings = _settings(tmp_path, f"{need + need // 2}B")  # room for one of the two
+    a = ServedModel(settings, "a#0", 1)
+    b = ServedModel(settings, "b#0", 1)
+    x = np.random.default_rng(3).integers(0, 1000, (1, 8), dtype=np.int64)
+    slow_infer, in_request = a.engine.infer, threading.Event()
+
+    def slow(*args, **kwargs):
+        in_request.set()
+        time.sleep(0.3)
+        return slow_infer(*args, **kwargs)
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+    try:
+        expected = a.answer([{"input_ids": x}])[0]  # cold: a is resident from here on
+        a.engine.infer = slow  # type: ignore[method-assign]
+        warm = pool.submit(a.answer, [{"input_ids": x}])
+        assert in_request.wait(5)
+        cold = pool.submit(b.answer, [{"input_ids": x}])  # needs a's room: a is the only victim
+        answer_a, answer_b = warm.result(30)[0], cold.result(30)[0]
+        assert not answer_a.cold and answer_b.cold and answer_a.error is None and answer_b.error is None
+        np.testing.assert_array_equal(answer_a.output, expected.output)  # a ran warm: not evicted mid-request
+        models = a.residency.snapshot()["models"]
+        assert (models["a#0"]["resident"], models["a#0"]["bytes"]) == (False, 0) and a.engine.resident_bytes == 0
+        assert (models["b#0"]["resident"], models["b#0"]["bytes"]) == (True, b.need_bytes)
+        assert a.evictions == 1
+    finally:
+        pool.shutdown()
+        a.close()
+        b.close()
