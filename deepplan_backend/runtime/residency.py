@@ -19,6 +19,8 @@ Protocol (all reads and writes of the state happen under the lock; no lock is he
 2. Victims are asked to evict over their owner's *listener*: every process that registers a model runs one
    daemon thread on an abstract Unix socket; it calls the model's evict callback and answers. The asker blocks
    on that answer (no polling). An idle stub process therefore answers at once, whatever its main thread does.
+   A victim of the asker's own process (an engine host's models) is evicted by a direct call instead, and the
+   evictions are recorded in the same locked use that then reserves the room.
 3. ``release(key, resident_bytes)`` after the request: records the real resident bytes, clears ``in_use`` and
    wakes waiters (a one-byte message to their listeners).
 
@@ -50,6 +52,10 @@ DEFAULT_RESERVE_BYTES = 1 << 30
 """Memory of a device kept out of the budget by default (CUDA contexts, activations, other users)."""
 EVICT_TIMEOUT_S = 60.0
 WAIT_TIMEOUT_S = 120.0
+ALIVE_TTL_S = 0.2
+"""How long a process's liveness, once checked, is trusted: every locked use reclaims dead owners, and reading
+/proc for each of them on every request cost a third of a locked use. A dead owner's budget then comes back
+within this long of its death."""
 
 
 class ResidencyError(RuntimeError):
@@ -214,9 +220,29 @@ class _StateFile:
 
     def __init__(self, state_dir: Path) -> None:
         self.pid = os.getpid()
+        self.start = _start_time(self.pid)
         self.thread_lock = threading.Lock()
         self.lock_file: IO[str] = open(state_dir / "state.lock", "a+")  # noqa: SIM115 - open for the process's life
         self.cache: tuple[str, dict] | None = None
+        self.alive: dict[tuple[int, str | None], tuple[bool, float]] = {}  # (pid, start) -> (alive, checked at)
+
+    def is_dead(self, pid: int, start: str | None) -> bool:
+        """Whether the owner (pid, start time) is gone.
+
+        This process is known alive; others are checked at most every `ALIVE_TTL_S` (an answer for a pid
+        without start time may change when the pid is reused).
+        """
+        if pid == self.pid:
+            return start is not None and start != self.start  # a dead predecessor with our pid
+        now = time.monotonic()
+        known = self.alive.get((pid, start))
+        if known is not None and now - known[1] < ALIVE_TTL_S:
+            return not known[0]
+        alive = _alive(pid, start)
+        if len(self.alive) > 4096:  # pids come and go over a server's life
+            self.alive.clear()
+        self.alive[(pid, start)] = (alive, now)
+        return not alive
 
 
 _listeners: dict[Path, _Listener] = {}
@@ -255,7 +281,7 @@ class Residency:
                 # From here the dict may differ from the file until the write below succeeds: a failure anywhere
                 # (the caller, reclaim, a full /dev/shm) must not leave it in the cache as if it were the file.
                 shared.cache = None
-                self._reclaim(state)
+                self._reclaim(state, shared)
                 yield state
                 new = json.dumps(state, separators=(",", ":"))
                 if new != text:  # json keeps key order: an unchanged state serialises to the text it came from
@@ -286,15 +312,9 @@ class Residency:
         return text, state
 
     @staticmethod
-    def _reclaim(state: dict) -> None:
+    def _reclaim(state: dict, shared: _StateFile) -> None:
         """Drop entries and waiters of dead processes; undo evictions asked by a dead process."""
-        dead: dict[int, bool] = {}
-
-        def is_dead(pid: int, start: str | None) -> bool:
-            if pid not in dead:
-                dead[pid] = not _alive(pid, start)
-            return dead[pid]
-
+        is_dead = shared.is_dead
         for key, entry in list(state["models"].items()):
             if is_dead(entry["pid"], entry.get("start")):
                 del state["models"][key]
@@ -357,31 +377,50 @@ class Residency:
         """
         deadline = time.monotonic() + timeout_s
         evicted: list[str] = []
-        while True:
-            generation = self._listener.generation
-            with self._locked() as state:
-                entry = self._entry(state, key)
-                victims, outcome = self._plan(state, key, entry, need)
-                if outcome in ("warm", "reserved"):
-                    entry.update(in_use=True, last_used=time.time())
-                    if outcome == "reserved":
-                        entry.update(bytes=need, resident=False)
-                    state["waiters"].pop(self._listener.name, None)
-                    return Grant(outcome == "warm", tuple(evicted))
-                targets = []
-                if outcome == "evict":
-                    for v in victims:
-                        state["models"][v]["evicting"] = self._pid
-                    targets = [(v, state["models"][v]["socket"]) for v in victims]
-                elif wait:  # the room is held by models in use (or being evicted by others)
-                    state["waiters"][self._listener.name] = {"pid": self._pid, "start": self._start}
-            if targets:
-                self._evict_all(targets)
-                evicted.extend(v for v, _ in targets)
-                continue
-            if not wait:
-                raise RoomBusy(f"{key}: no room for {need} bytes now: the budget is held by models in use")
-            self._sleep_until_woken(key, need, generation, deadline, timeout_s)
+        outcomes: dict[str, str] = {}  # victims evicted since the last locked use -> their owners' replies
+        wake: list[str] = []
+        try:
+            while True:
+                generation = self._listener.generation
+                wake: list[str] = []
+                with self._locked() as state:
+                    # The evictions of the last round are recorded in the same locked use that plans this one
+                    # (and, usually, reserves): one state-file update per round instead of three.
+                    errors = self._record_evictions(state, outcomes)
+                    if outcomes:
+                        wake = list(state["waiters"])
+                    outcomes = {}
+                    if errors:
+                        raise ResidencyError("eviction failed: " + "; ".join(errors))
+                    entry = self._entry(state, key)
+                    victims, outcome = self._plan(state, key, entry, need)
+                    if outcome in ("warm", "reserved"):
+                        entry.update(in_use=True, last_used=time.time())
+                        if outcome == "reserved":
+                            entry.update(bytes=need, resident=False)
+                        state["waiters"].pop(self._listener.name, None)
+                        wake = [w for w in wake if w != self._listener.name]
+                        return Grant(outcome == "warm", tuple(evicted))
+                    targets = []
+                    if outcome == "evict":
+                        for v in victims:
+                            state["models"][v]["evicting"] = self._pid
+                        targets = [(v, state["models"][v]["socket"]) for v in victims]
+                    elif wait:  # the room is held by models in use (or being evicted by others)
+                        state["waiters"][self._listener.name] = {"pid": self._pid, "start": self._start}
+                if targets:
+                    outcomes = self._evict_each(targets)
+                    evicted.extend(v for v, _ in targets)
+                    continue
+                if not wait:
+                    raise RoomBusy(f"{key}: no room for {need} bytes now: the budget is held by models in use")
+                self._sleep_until_woken(key, need, generation, deadline, timeout_s)
+        finally:
+            if outcomes:  # left between evicting and recording (e.g. interrupted): record, never leave marks
+                with self._locked() as state:
+                    self._record_evictions(state, outcomes)
+                    wake = list(state["waiters"])
+            self._wake_waiters(wake)
 
     def wait_for_room(self, key: str, need: int, timeout_s: float = WAIT_TIMEOUT_S) -> None:
         """Wait, reserving nothing, until `acquire(key, need)` would not have to wait for models in use.
@@ -466,29 +505,47 @@ class Residency:
             return [], "wait"
         return victims, "evict"
 
-    def _evict_all(self, targets: list[tuple[str, str]]) -> None:
-        errors = []
+    def _evict_each(self, targets: list[tuple[str, str]]) -> dict[str, str]:
+        """Ask each victim's owner to evict it; the owners' replies ("ok", "gone" or an error), not yet recorded.
+
+        A victim of this very process is evicted by a direct call (no socket round trip to our own listener):
+        its callback takes that model's own lock, which no caller of `acquire` holds.
+        """
+        replies = {}
         for key, sock in targets:
+            if sock == self._listener.name:
+                callback = self._listener.callbacks.get(key)
+                try:
+                    if callback is not None:
+                        callback()
+                    replies[key] = "ok"
+                except Exception as exc:
+                    replies[key] = f"error {type(exc).__name__}: {exc}"
+                continue
             try:
-                reply = _send(sock, f"evict {key}".encode(), EVICT_TIMEOUT_S).decode(errors="replace")
+                replies[key] = _send(sock, f"evict {key}".encode(), EVICT_TIMEOUT_S).decode(errors="replace")
             except (ConnectionRefusedError, FileNotFoundError):
-                reply = "gone"  # the owner died: reclaim drops it on the next lock
+                replies[key] = "gone"  # the owner died: reclaim drops it on the next lock
             except OSError as exc:
-                reply = f"error {exc}"
-            with self._locked() as state:
-                entry = state["models"].get(key)
-                if entry is None:
-                    continue
-                if reply in ("ok", "gone"):
-                    entry.update(bytes=0, resident=False, evicting=0)
-                    if reply == "gone":
-                        state["models"].pop(key, None)
-                else:
-                    entry["evicting"] = 0
-                    errors.append(f"{key}: {reply}")
-        self._wake_waiters()
-        if errors:
-            raise ResidencyError("eviction failed: " + "; ".join(errors))
+                replies[key] = f"error {exc}"
+        return replies
+
+    @staticmethod
+    def _record_evictions(state: dict, replies: dict[str, str]) -> list[str]:
+        """Record the victims' replies in the state (under the caller's lock); the failures, as messages."""
+        errors = []
+        for key, reply in replies.items():
+            entry = state["models"].get(key)
+            if entry is None:
+                continue
+            if reply in ("ok", "gone"):
+                entry.update(bytes=0, resident=False, evicting=0)
+                if reply == "gone":
+                    state["models"].pop(key, None)
+            else:
+                entry["evicting"] = 0
+                errors.append(f"{key}: {reply}")
+        return errors
 
     def _wake_waiters(self, names: list[str] | None = None) -> None:
         """Wake every waiter (`names`: the waiters as read under a lock the caller held, saving one more)."""

@@ -144,6 +144,19 @@ def test_dead_owner_leaks_no_budget(tmp_path, procs):
     assert set(snap["models"]) == {"b1", "b2"}
 
 
+def test_a_dead_owner_seen_alive_moments_ago_is_reclaimed_within_the_liveness_ttl(tmp_path, procs):
+    from deepplan_backend.runtime.residency import ALIVE_TTL_S
+
+    pa, ca, ea = procs(["a1"], nbytes=50 * MB)
+    run(ca, ea, "a1")
+    watcher = Residency(tmp_path)
+    assert set(watcher.snapshot()["models"]) == {"a1"}  # checked alive: trusted for ALIVE_TTL_S
+    os.kill(pa.pid, signal.SIGKILL)
+    pa.join(5)
+    time.sleep(ALIVE_TTL_S)
+    assert watcher.snapshot()["models"] == {}
+
+
 def test_budget_busy_times_out(tmp_path):
     res = Residency(tmp_path)
     res.register("x", "dev0", 10, lambda: None)
@@ -210,3 +223,20 @@ def test_a_failed_state_write_is_not_saved_later(tmp_path, monkeypatch):
     res.acquire("a", 40 * MB)  # and the residency still works
     res.release("a", 40 * MB)
     assert res.snapshot()["models"]["a"]["resident"]
+
+
+def test_a_victim_of_the_same_process_is_evicted_by_a_direct_call_and_recorded_at_once(tmp_path):
+    import threading
+
+    r = Residency(tmp_path)
+    threads: list[str] = []
+    r.register("a", "cuda:0", 100, lambda: threads.append(threading.current_thread().name))
+    r.register("b", "cuda:0", 100, lambda: None)
+    r.acquire("a", 80)
+    r.release("a", 80)
+    grant = r.acquire("b", 60)
+    assert grant.evicted == ("a",) and threads == [threading.current_thread().name]  # not the listener thread
+    models = r.snapshot()["models"]
+    assert (models["a"]["bytes"], models["a"]["resident"], models["a"]["evicting"]) == (0, False, 0)
+    assert (models["b"]["bytes"], models["b"]["in_use"]) == (60, True)
+    r.release("b", 60)
