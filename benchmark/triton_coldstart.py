@@ -147,7 +147,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--instances", type=int, default=None, help="eviction copies of the first model (default 8)")
     p.add_argument("--budget", default="auto", help="per-device budget, e.g. 2GiB; auto: fits about instances/2")
     p.add_argument("--engine", default="deepplan", choices=("demand", "pipeline", "deepplan"))
-    p.add_argument("--graphs", action="store_true", help="deepplan parameter graphs=true (CUDA graph replay)")
+    p.add_argument(
+        "--eager", action="store_true", help="deepplan parameter graphs=false (default: CUDA graph replay on GPU)"
+    )
     p.add_argument("--devices", default="auto", help='deepplan "devices" parameter: auto or ids, target first')
     p.add_argument("--seq-len", type=int, default=None, help="tokens per text request (default: the model's)")
     p.add_argument("--warm", type=int, default=None, help="warm requests per model (default 20)")
@@ -303,8 +305,7 @@ def deepplan_config(name: str, model: str, args: argparse.Namespace, lay: Layout
     }
     if args.seq_len:
         params["seq_len"] = str(args.seq_len)
-    if args.graphs:
-        params["graphs"] = "true"
+    params["graphs"] = "false" if args.eager else "true"
     gpu_kind = lay.gpu and args.triton_kind == "gpu"
     return config_pbtxt(
         name,
@@ -852,7 +853,7 @@ class Bench:
         return {
             "model": label,
             "engine": info.get("engine", self.args.engine),
-            "graphs": self.args.graphs,
+            "graphs": not self.args.eager and self.lay.gpu,
             "process": info.get("process", ""),
             "devices": "+".join(info.get("devices", [])),
             "pt": len(info.get("devices", [])) > 1,

@@ -3,7 +3,7 @@
 # that one slow step cannot take the others' logs with it. One device call (10 min) holds only some steps: see
 # results/README.md ("Re-running everything on a device") for the order. Logs and CSVs go to OUT/logs
 # (default $OUT, else results/device), tarred at the end. Wheels: scripts/device_wheels.sh, installed first.
-#   scripts/device_suite.sh [STEP ...]     steps: tests triton triton_graphs engine scale fig12
+#   scripts/device_suite.sh [STEP ...]     steps: tests triton triton_eager engine scale fig12
 #                                          limit limit_eager (default: all but limit_eager)
 # SUITE_BUDGET_S (default 580): the whole run's limit; a step gets at most what is left of it, minus 15 s for
 # the tar, so that a device call's own limit never kills the run before its logs are packed.
@@ -23,7 +23,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     export PYTHONPATH="/tmp/site:$PWD" PATH="/tmp/site/bin:$PATH"
 fi
 nvidia-smi > "$L/nvidia-smi.txt" 2>&1
-steps=${*:-tests triton triton_graphs engine scale fig12 limit}
+steps=${*:-tests triton triton_eager engine scale fig12 limit}
 run() {  # run NAME SECONDS CMD...
     local name=$1 limit=$2 left=$(( deadline - $(date +%s) ))
     shift 2
@@ -39,8 +39,8 @@ for step in $steps; do
         tests) run gpu_tests 150 python3 -m pytest -q -rs tests/gpu ;;
         triton) run triton_coldstart 240 python3 -m benchmark.triton_coldstart --out "$L/triton" \
             --models bert-base resnet50 --instances 8 --budget 2GiB ;;
-        triton_graphs) run triton_coldstart_graphs 240 python3 -m benchmark.triton_coldstart --graphs \
-            --out "$L/triton_graphs" --models bert-base resnet50 --instances 8 --budget 2GiB --skip-load-compare ;;
+        triton_eager) run triton_coldstart_eager 240 python3 -m benchmark.triton_coldstart --eager \
+            --out "$L/triton_eager" --models bert-base resnet50 --instances 8 --budget 2GiB --skip-load-compare ;;
         engine) run engine_standalone 120 python3 -m benchmark --table -m bert-base -m resnet50 --make-plans \
             -p "$L/plans" --configs demand:0 deepplan:0,1 -n 8 --warmup 2 -o "$L/engine_standalone.csv" ;;
         scale) run scale 300 python3 -m benchmark.triton_scale --model bert-base \

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .arena import Arena, make_arena
-from .graphs import CapturedForward, Signature, capture_forward, signature
+from .graphs import MAX_SHAPES, CapturedForward, Signature, capture_forward, shared_pool, signature
 from .host_store import HostStore
 from .layers import LayerTable
 from .plan import DHA, LoadSchedule
@@ -134,7 +134,7 @@ class ColdStartEngine:
         self._layouts: dict[LoadSchedule, _Layout] = {}
         self._resident: _Layout | None = None
         self.graphs = graphs and self.device.type == "cuda"
-        self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
+        self._pool = shared_pool(self.device) if self.graphs else None
 
     @property
     def is_resident(self) -> bool:
@@ -401,6 +401,8 @@ class ColdStartEngine:
             return self.model.module(**inputs)
         sig = signature(inputs)
         if sig not in layout.captured:
+            if len(layout.captured) >= MAX_SHAPES:
+                return self.model.module(**inputs)
             waits = [(self._modules[name], [layout.events[c] for c in ids]) for name, ids in layout.hooks]
             up_front = [layout.events[c] for c in layout.up_front]
             layout.captured[sig] = capture_forward(self.model.module, inputs, up_front, waits, self._pool)

@@ -6,13 +6,21 @@ Because arena and DHA addresses survive eviction (see `arena.py`), one capture s
 warm request of the same input shape: the graph's event-wait nodes wait for the chunk events that the copy
 engine re-records on each cold start (events created with `external=True`), and are no-ops when warm.
 
-Capture needs the model resident. It happens on the first warm request of each input shape; a forward that
-cannot be captured (host synchronisation inside the model) is remembered and stays eager.
+Capture needs the model resident. It happens on the first warm request of each input shape (at most
+`MAX_SHAPES` per model and schedule; further shapes run eager); a forward that cannot be captured (host
+synchronisation inside the model) is remembered and stays eager.
+
+Every graph of a process on one GPU allocates from one shared memory pool (`shared_pool`): a graph keeps its
+activations for its whole life, so per-model pools would hold every model's activations at once (an engine
+host serves up to hundreds of models), while a shared pool holds about the largest model's. Sharing is safe
+because replays of one GPU never overlap (one device thread, one stream) and each output is copied to the host
+before the next replay; static inputs and outputs stay allocated, so no graph reuses another's.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +31,21 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 Signature = tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
+MAX_SHAPES = 8
+"""Input shapes captured per model and schedule; clients that vary the sequence length freely would otherwise
+add a graph (and its static buffers) per length."""
+
+_pools: dict[int, object] = {}
+_pools_lock = threading.Lock()
+
+
+def shared_pool(device: torch.device) -> object:
+    """The graph memory pool of this process on `device` (see the module doc for why one is shared)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with _pools_lock:
+        if index not in _pools:
+            _pools[index] = torch.cuda.graph_pool_handle()
+        return _pools[index]
 
 
 def signature(inputs: dict[str, torch.Tensor]) -> Signature:

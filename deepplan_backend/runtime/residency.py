@@ -382,7 +382,7 @@ class Residency:
         try:
             while True:
                 generation = self._listener.generation
-                wake: list[str] = []
+                wake = []
                 with self._locked() as state:
                     # The evictions of the last round are recorded in the same locked use that plans this one
                     # (and, usually, reserves): one state-file update per round instead of three.

@@ -79,7 +79,7 @@ class ServeSettings:
     residency_dir: Path | None = None
     seed: int = 0
     plan_batch: int = 1
-    graphs: bool = False  # replay cold and warm forwards as CUDA graphs (GPU only; off until verified by default)
+    graphs: bool = True  # replay cold and warm forwards as CUDA graphs (ignored on CPU)
     process: str = "shared"  # shared: run in the per-GPU engine host (deepplan_backend.hosting); instance: in the stub
     target_gpu: int | None = None  # the target GPU of `devices auto` for a KIND_CPU front end (else Triton's GPU id)
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -146,7 +146,7 @@ class ServeSettings:
             residency_dir=Path(residency_dir) if residency_dir else None,
             seed=_positive_int(params, "seed", minimum=0) or 0,
             plan_batch=_positive_int(params, "plan_batch") or 1,
-            graphs=_parse_bool(params, "graphs"),
+            graphs=_parse_bool(params, "graphs", default=True),
             process=parse_process(params),
             target_gpu=_positive_int(params, "target_gpu", minimum=0),
             path_policy=policy,
@@ -197,12 +197,14 @@ def _positive_int(params: Mapping[str, str], name: str, minimum: int = 1) -> int
     return value
 
 
-def _parse_bool(params: Mapping[str, str], name: str) -> bool:
-    """A yes/no parameter (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`; default no)."""
-    text = params.get(name, "false").strip().lower()
+def _parse_bool(params: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """A yes/no parameter (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`; empty or absent: `default`)."""
+    text = params.get(name, "").strip().lower()
+    if text == "":
+        return default
     if text in ("true", "1", "yes", "on"):
         return True
-    if text in ("false", "0", "no", "off", ""):
+    if text in ("false", "0", "no", "off"):
         return False
     raise ConfigError(f"parameter {name}: {text!r}; give true or false")
 

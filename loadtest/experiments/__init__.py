@@ -33,11 +33,13 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 ENGINES: dict[str, tuple[str, bool]] = {
-    "pipeline": ("pipeline", False),  # PipeSwitch-style pipelined load, target GPU only
+    "pipeline": ("pipeline", False),  # PipeSwitch-style pipelined load, target GPU only, eager as PipeSwitch runs
     "deepplan": ("deepplan", False),  # DeepPlan (DHA + pipeline), target GPU only
     "deepplan+pt": ("deepplan", True),  # DeepPlan with parallel transmission over peer GPUs (devices auto)
 }
-"""Engine variant -> (backend ``engine`` parameter, uses peer GPUs)."""
+"""Engine variant -> (backend ``engine`` parameter, uses peer GPUs). The DeepPlan variants take the backend's
+default execution (CUDA graphs on GPU); the PipeSwitch baseline runs eager (``graphs false``) unless a
+``--param graphs=...`` says otherwise."""
 
 COLUMNS = (
     "engine",
@@ -172,6 +174,8 @@ def build_repository(
     engine = ENGINES[variant][0]
     for i, inst in enumerate(instances):
         p = {"engine": engine, "devices": device_param(variant, i, dev), **params}
+        if engine == "pipeline":
+            p.setdefault("graphs", "false")
         if dev.gpu_ids:
             p.setdefault("target_gpu", str(dev.gpu_ids[i % len(dev.gpu_ids)]))
         if family_of(inst.model) == "resnet":

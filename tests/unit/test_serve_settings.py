@@ -7,13 +7,16 @@ import pytest
 from deepplan_backend.runtime.served_model import ConfigError, ServeSettings
 
 
-@pytest.mark.parametrize(("text", "expected"), [("true", True), ("ON", True), ("1", True), ("no", False), ("", False)])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("true", True), ("ON", True), ("1", True), ("no", False), ("off", False)]
+)
 def test_graphs_switch(text: str, expected: bool) -> None:
     assert ServeSettings.from_parameters({"model": "tiny-bert", "graphs": text}).graphs is expected
 
 
-def test_graphs_default_off_and_bad_value_is_a_clear_error() -> None:
-    assert ServeSettings.from_parameters({"model": "tiny-bert"}).graphs is False
+def test_graphs_default_on_and_bad_value_is_a_clear_error() -> None:
+    assert ServeSettings.from_parameters({"model": "tiny-bert"}).graphs is True  # ignored on CPU
+    assert ServeSettings.from_parameters({"model": "tiny-bert", "graphs": ""}).graphs is True
     with pytest.raises(ConfigError, match="parameter graphs: 'maybe'; give true or false"):
         ServeSettings.from_parameters({"model": "tiny-bert", "graphs": "maybe"})
 
