@@ -291,3 +291,48 @@ def test_close_evicts() -> None:
     assert not engine.is_resident and engine.resident_bytes == 0
     with torch.inference_mode():
         assert torch.isfinite(prepared.model.module(**inputs)).all()  # back on host memory
+
+
+def test_copies_are_issued_segment_by_segment_as_the_arena_maps(case, monkeypatch) -> None:
+    """A cold start maps the arena in segments and issues each copy once the segment holding its last byte is
+    mapped: copies start after the first segment, not after the whole arena (about 1 ms on a GPU)."""
+    from deepplan_backend.runtime import arena as arena_module
+
+    prepared, inputs, expected = case
+    monkeypatch.setattr(arena_module, "FIRST_SEGMENT_BYTES", 1024)  # several segments even for a tiny model
+    schedule = _mixed(len(prepared.table))
+    engine = ColdStartEngine(prepared.model, prepared.store, [CPU])
+    engine.prepare(schedule)
+    layout = engine._layouts[schedule]
+    assert len(layout.arena.segments) >= 3
+    events: list[tuple[str, int]] = []
+    map_segment, issue = layout.arena.map_segment, engine.copier.issue
+
+    def mapping(index: int) -> None:
+        events.append(("map", index))
+        map_segment(index)
+
+    def issuing(jobs, marks=None):
+        for job in jobs:
+            end = job.dst.data_ptr() + job.dst.numel() - 1 - layout.arena.tensor.data_ptr()
+            events.append(("copy", end))
+        return issue(jobs, marks)
+
+    monkeypatch.setattr(layout.arena, "map_segment", mapping)
+    monkeypatch.setattr(engine.copier, "issue", issuing)
+    for cycle in range(2):
+        events.clear()
+        out = engine.infer(inputs, schedule).output
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6, msg=f"cycle {cycle}")
+        mapped_end = -1
+        copies = 0
+        for kind, value in events:
+            if kind == "map":
+                mapped_end = layout.arena.segments[value][1]
+            else:
+                assert value < mapped_end, "a copy was issued before its segment was mapped"
+                copies += 1
+        assert copies == len(layout.jobs) and events[0] == ("map", 0)
+        assert [v for k, v in events if k == "copy"] == sorted(v for k, v in events if k == "copy")  # in order
+        engine.evict()
+    engine.close()
