@@ -45,6 +45,7 @@ COLUMNS = (
     "cold_over_limit",
     "max_abs_diff",
     "correct",
+    "graph_replayed",
     "gpu_name",
     "date",
 )
@@ -135,6 +136,7 @@ def _run(args: argparse.Namespace) -> int:
                 "cold_over_limit": best.cold_ms / limit,
                 "max_abs_diff": diff,
                 "correct": correct,
+                "graph_replayed": best.graph_replayed,
                 "gpu_name": gpu_name(all_devices[0]),
                 "date": dt.date.today().isoformat(),
             }
@@ -143,7 +145,8 @@ def _run(args: argparse.Namespace) -> int:
                 f"{name:14s} {dtype:8s} d={row['devices']:8s} cold {best.cold_ms:7.3f} warm {best.warm_ms:7.3f} "
                 f"limit {limit:7.3f} ({row['cold_over_limit']:.2f}x) | demand {demand.cold_ms:7.3f} "
                 f"pipeline {pipeline.cold_ms:7.3f} -> {row['vs_pipeline']:.2f}x vs pipeline"
-                f"{'' if correct else f' | WRONG OUTPUT (max diff {diff:.3g})'}",
+                f"{'' if correct else f' | WRONG OUTPUT (max diff {diff:.3g})'}"
+                f"{'' if best.graph_replayed else ' | NOT REPLAYED AS A GRAPH (eager)'}",
                 flush=True,
             )
             write_records(rows, COLUMNS, args.output)

@@ -39,6 +39,8 @@ class Measurement:
     samples: int
     max_abs_diff: float
     """Largest |output - reference| over every cold and warm output of this configuration (see the module doc)."""
+    graph_replayed: bool = False
+    """Whether the cold starts replayed a captured CUDA graph (False: eager, by choice or because capture failed)."""
 
 
 def load_bound_ms(copied_bytes: int, links: LinkProfile, num_devices: int) -> float:
@@ -81,6 +83,7 @@ def measure_interleaved(
     copied = [0] * len(runs)
     diff = [0.0] * len(runs)
     reference: torch.Tensor | None = None
+    replayed = [False] * len(runs)
     try:
         for k in range(warmup + repeats):
             for i, (engine, (schedule, overlap)) in enumerate(zip(engines, schedules, strict=True)):
@@ -95,6 +98,7 @@ def measure_interleaved(
                     if diff[i] == diff[i] and not gap <= diff[i]:  # a NaN, once seen, stays (max() drops it)
                         diff[i] = gap
                 if k >= warmup:
+                    replayed[i] = engine.replays_graph(schedule, inputs)
                     cold[i].append(first.latency_ms)
                     warm[i].append(second.latency_ms)
                     copied[i] = first.copied_bytes
@@ -114,6 +118,7 @@ def measure_interleaved(
             predicted_ms=plan.variant(run.engine, len(run.devices)).predicted_ms if plan is not None else None,
             samples=len(cold[i]),
             max_abs_diff=diff[i],
+            graph_replayed=replayed[i],
         )
         for i, run in enumerate(runs)
     ]

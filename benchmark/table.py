@@ -28,6 +28,7 @@ COLUMNS = (
     "copied_bytes",
     "samples",
     "max_abs_diff",
+    "graph_replayed",
     "gpu_name",
     "date",
 )

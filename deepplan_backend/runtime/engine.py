@@ -136,7 +136,6 @@ class ColdStartEngine:
         self._layouts: dict[LoadSchedule, _Layout] = {}
         self._resident: _Layout | None = None
         self.graphs = graphs and self.device.type == "cuda"
-        self._pool = shared_pool(self.device) if self.graphs else None
 
     @property
     def is_resident(self) -> bool:
@@ -212,6 +211,17 @@ class ColdStartEngine:
         """
         with self._on_target():
             self._layout(schedule)
+
+    def replays_graph(self, schedule: LoadSchedule, inputs: dict[str, torch.Tensor]) -> bool:
+        """Whether cold starts of `schedule` with `inputs` (as given to `infer`) replay a captured graph.
+
+        False when they run eager: graphs are off, nothing was captured yet, or the capture failed.
+        """
+        layout = self._layouts.get(schedule)
+        if layout is None or not layout.captured:
+            return False
+        with self._on_target():
+            return layout.captured.get(signature(self._to_device(inputs))) is not None
 
     def evict(self) -> None:
         """Point the model back at host memory and give the device bytes back to the driver."""
@@ -432,7 +442,8 @@ class ColdStartEngine:
                 return self.model.module(**inputs)
             waits = [(self._modules[name], [layout.events[c] for c in ids]) for name, ids in layout.hooks]
             up_front = [layout.events[c] for c in layout.up_front]
-            layout.captured[sig] = capture_forward(self.model.module, inputs, up_front, waits, self._pool)
+            pool = shared_pool(self.device)  # here, under the caller's device serialisation (see shared_pool)
+            layout.captured[sig] = capture_forward(self.model.module, inputs, up_front, waits, pool)
         captured = layout.captured[sig]
         return captured.run(inputs) if captured is not None else self.model.module(**inputs)
 

@@ -35,17 +35,30 @@ MAX_SHAPES = 8
 """Input shapes captured per model and schedule; clients that vary the sequence length freely would otherwise
 add a graph (and its static buffers) per length."""
 
-_pools: dict[int, object] = {}
+_pools: dict[int, tuple[object, torch.cuda.CUDAGraph, torch.Tensor]] = {}
 _pools_lock = threading.Lock()
 
 
 def shared_pool(device: torch.device) -> object:
-    """The graph memory pool of this process on `device` (see the module doc for why one is shared)."""
+    """The graph memory pool of this process on `device` (see the module doc for why one is shared).
+
+    A pool lives only while a graph captured into it does: once the last one is destroyed (a model unloaded, a
+    profiling engine closed), PyTorch frees the pool and a later capture into the same handle fails an internal
+    assertion (seen on an H200: every capture after the planner's profile stayed eager). So the first call
+    captures a one-kernel *keeper* graph into the pool and keeps it for the life of the process. Call it where
+    device work is serialised (the capture must not overlap another thread's kernels).
+    """
     index = device.index if device.index is not None else torch.cuda.current_device()
     with _pools_lock:
         if index not in _pools:
-            _pools[index] = torch.cuda.graph_pool_handle()
-        return _pools[index]
+            with torch.cuda.device(index):
+                handle = torch.cuda.graph_pool_handle()
+                keeper = torch.cuda.CUDAGraph()
+                scratch = torch.zeros(1, device=f"cuda:{index}")
+                with torch.cuda.graph(keeper, pool=handle, capture_error_mode="thread_local"):
+                    scratch.add_(1)
+            _pools[index] = (handle, keeper, scratch)
+        return _pools[index][0]
 
 
 def signature(inputs: dict[str, torch.Tensor]) -> Signature:
