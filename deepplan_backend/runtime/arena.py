@@ -196,7 +196,7 @@ class CudaArena:
             return
         cu = _driver()
         start, end = self.segments[index]
-        at, size = self._ptr + start, end - start
+        at, size = cu.CUdeviceptr(self.address + start), end - start  # CUdeviceptr has no arithmetic
         with torch.cuda.device(self.index):
             handle = _check(cu.cuMemCreate(size, self._prop, 0), f"cuMemCreate({size} bytes)")
             try:
@@ -228,7 +228,7 @@ class CudaArena:
         with torch.cuda.device(self.index):
             for index, handle in sorted(self._handles.items()):
                 start, end = self.segments[index]
-                _check(cu.cuMemUnmap(self._ptr + start, end - start), "cuMemUnmap")
+                _check(cu.cuMemUnmap(cu.CUdeviceptr(self.address + start), end - start), "cuMemUnmap")
                 _check(cu.cuMemRelease(handle), "cuMemRelease")
         self._handles.clear()
         self.mapped = False
