@@ -8,11 +8,6 @@ start no longer rebuilds hundreds of views on its critical path, and a captured 
 - CUDA: the driver's virtual memory management (cuMemAddressReserve / cuMemCreate / cuMemMap) through
   `cuda-bindings`; eviction unmaps and releases the physical allocation, so `cudaMemGetInfo` sees it back.
 - CPU: an anonymous `mmap` whose pages are dropped with `madvise(MADV_DONTNEED)` on eviction.
-
-Mapping is the first thing a cold start does and costs about 1 ms for a few hundred MB on an H200, during which
-no copy can start. So an arena is mapped in *segments* of growing size (`segment_bounds`): a cold start maps
-the first (small) one, issues the copies that land in it, maps the next, and so on; the copy engine starts
-after the first segment, and mapping, at several hundred GB/s, stays ahead of copies at tens.
 """
 
 from __future__ import annotations
@@ -23,45 +18,20 @@ from typing import Any, Protocol
 
 import torch
 
-FIRST_SEGMENT_BYTES = 8 << 20
-"""Size of an arena's first segment; each next one is twice the previous (see the module doc)."""
-
 
 class ArenaError(RuntimeError):
     """The arena could not be reserved or mapped (e.g. the device is out of memory)."""
 
 
-def segment_bounds(size: int, granularity: int = 1, first: int | None = None) -> list[tuple[int, int]]:
-    """[start, end) byte ranges covering `size`, each a multiple of `granularity`.
-
-    The first is `first` bytes (default `FIRST_SEGMENT_BYTES`), each next one twice the previous.
-    """
-    if size <= 0:
-        return []
-    first = FIRST_SEGMENT_BYTES if first is None else first
-    step = max(granularity, (first + granularity - 1) // granularity * granularity)
-    bounds, start = [], 0
-    while start < size:
-        end = min(size, start + step)
-        bounds.append((start, end))
-        start, step = end, step * 2
-    return bounds
-
-
 class Arena(Protocol):
-    """A stable byte range that is either mapped (usable) or not (costs no memory), segment by segment."""
+    """A stable byte range that is either mapped (usable) or not (costs no memory)."""
 
     nbytes: int
     tensor: torch.Tensor
     mapped: bool
-    segments: list[tuple[int, int]]
-    """[start, end) byte offsets of the segments, in mapping order; they cover `nbytes`."""
 
     def map(self) -> None:
-        """Back the whole range with memory; contents are undefined afterwards."""
-
-    def map_segment(self, index: int) -> None:
-        """Back one segment with memory (`mapped` once every segment is)."""
+        """Back the range with memory; contents are undefined afterwards."""
 
     def unmap(self) -> None:
         """Give the memory back; the range stays reserved and `tensor` must not be touched until `map`."""
@@ -75,8 +45,6 @@ class HostArena:
 
     def __init__(self, nbytes: int) -> None:
         self.nbytes = nbytes
-        self.segments = segment_bounds(nbytes)
-        self._segments_mapped: set[int] = set()
         self._map = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.tensor = (
             torch.frombuffer(self._map, dtype=torch.uint8, count=nbytes)
@@ -87,20 +55,12 @@ class HostArena:
 
     def map(self) -> None:
         """Pages come back on first touch (zero-filled)."""
-        for i in range(len(self.segments)):
-            self.map_segment(i)
         self.mapped = True
-
-    def map_segment(self, index: int) -> None:
-        """Nothing to do but bookkeeping: pages come back on first touch."""
-        self._segments_mapped.add(index)
-        self.mapped = len(self._segments_mapped) == len(self.segments)
 
     def unmap(self) -> None:
         """Drop the pages: resident memory goes back to the OS, the address stays."""
         if self.nbytes:
             self._map.madvise(mmap.MADV_DONTNEED)
-        self._segments_mapped.clear()
         self.mapped = False
 
     def close(self) -> None:
@@ -173,10 +133,9 @@ class CudaArena:
         )
         self.nbytes = nbytes
         self._size = max(granularity, (nbytes + granularity - 1) // granularity * granularity)
-        self.segments = segment_bounds(self._size, granularity)
         with torch.cuda.device(self.index):
             self._ptr = _check(cu.cuMemAddressReserve(self._size, 0, 0, 0), "cuMemAddressReserve")
-        self._handles: dict[int, Any] = {}  # segment index -> physical allocation mapped there
+        self._handle: Any = None
         self.mapped = False
         self.tensor = torch.empty(0, dtype=torch.uint8, device=device)
 
@@ -186,21 +145,14 @@ class CudaArena:
         return int(self._ptr)
 
     def map(self) -> None:
-        """Create physical memory on the device and map it at the reserved address (every segment)."""
-        for i in range(len(self.segments)):
-            self.map_segment(i)
-
-    def map_segment(self, index: int) -> None:
-        """Create one segment's physical memory and map it in place, readable and writable by the target."""
-        if index in self._handles:
+        """Create physical memory on the device and map it at the reserved address."""
+        if self.mapped:
             return
         cu = _driver()
-        start, end = self.segments[index]
-        at, size = cu.CUdeviceptr(self.address + start), end - start  # CUdeviceptr has no arithmetic
         with torch.cuda.device(self.index):
-            handle = _check(cu.cuMemCreate(size, self._prop, 0), f"cuMemCreate({size} bytes)")
+            handle = _check(cu.cuMemCreate(self._size, self._prop, 0), f"cuMemCreate({self._size} bytes)")
             try:
-                _check(cu.cuMemMap(at, size, 0, handle, 0), "cuMemMap")
+                _check(cu.cuMemMap(self._ptr, self._size, 0, handle, 0), "cuMemMap")
                 descs = []
                 for dev in self._access:
                     desc = cu.CUmemAccessDesc()
@@ -208,29 +160,27 @@ class CudaArena:
                     desc.location.id = dev
                     desc.flags = cu.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
                     descs.append(desc)
-                _check(cu.cuMemSetAccess(at, size, descs, len(descs)), "cuMemSetAccess")
+                _check(cu.cuMemSetAccess(self._ptr, self._size, descs, len(descs)), "cuMemSetAccess")
             except ArenaError:
-                cu.cuMemUnmap(at, size)
+                cu.cuMemUnmap(self._ptr, self._size)
                 cu.cuMemRelease(handle)
                 raise
-        self._handles[index] = handle
-        self.mapped = len(self._handles) == len(self.segments)
-        if self.mapped and self.tensor.numel() != self.nbytes:
+        self._handle = handle
+        self.mapped = True
+        if self.tensor.numel() != self.nbytes:
             # Built once, while mapped (PyTorch inspects the pointer); valid for every later mapping.
             self.tensor = torch.as_tensor(_DevicePointer(self.address, self.nbytes), device=self.device)
 
     def unmap(self) -> None:
         """Unmap and release the physical memory: the driver has it back, the address stays reserved."""
-        if not self._handles:
+        if not self.mapped:
             return
         cu = _driver()
         torch.cuda.synchronize(self.device)  # no kernel or copy may still touch the range
         with torch.cuda.device(self.index):
-            for index, handle in sorted(self._handles.items()):
-                start, end = self.segments[index]
-                _check(cu.cuMemUnmap(cu.CUdeviceptr(self.address + start), end - start), "cuMemUnmap")
-                _check(cu.cuMemRelease(handle), "cuMemRelease")
-        self._handles.clear()
+            _check(cu.cuMemUnmap(self._ptr, self._size), "cuMemUnmap")
+            _check(cu.cuMemRelease(self._handle), "cuMemRelease")
+        self._handle = None
         self.mapped = False
 
     def close(self) -> None:

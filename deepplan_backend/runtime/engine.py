@@ -2,15 +2,14 @@
 
 Everything about a schedule that does not change between cold starts is computed once into a `_Layout`: the
 arena (a stable address range, see `arena.py`), every weight's view into it or into the DHA alias of host
-memory, and the copy chunks. A cold start then only maps the arena segment by segment, issuing each segment's
-chunk copies as soon as it is mapped, re-points the module's attributes (dictionary writes), and runs the
-forward with pre-hooks that make the compute stream wait for a chunk right before the first layer that needs it.
-Eviction unmaps the arena (memory back to the driver) and points the module back at host memory.
+memory, and the copy chunks. A cold start then only maps the arena, issues the chunk copies, re-points the
+module's attributes (dictionary writes), and runs the forward with pre-hooks that make the compute stream wait
+for a chunk right before the first layer that needs it. Eviction unmaps the arena (memory back to the driver)
+and points the module back at host memory.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import time
 from collections.abc import Sequence
@@ -80,7 +79,6 @@ class _Layout:
     events: list[torch.cuda.Event] | None = None  # one per chunk, re-recorded each cold start (graph mode)
     captured: dict[Signature, CapturedForward | None] = field(default_factory=dict)
     demand_jobs: list[CopyJob] = field(default_factory=list)  # On-Demand: the same bytes in as few copies as possible
-    segment_jobs: list[list[int]] = field(default_factory=list)  # per arena segment: jobs whose last byte is in it
 
 
 def _assignments(
@@ -305,10 +303,6 @@ class ColdStartEngine:
             )
             for c in chunks
         ]
-        starts = [start for start, _ in arena.segments]
-        layout.segment_jobs = [[] for _ in starts]
-        for k, c in enumerate(chunks):
-            layout.segment_jobs[bisect.bisect_right(starts, c.arena_start + c.nbytes - 1) - 1].append(k)
         whole = len(offsets) == len(table) and all(src == 0 for src in schedule.sources)
         # With nothing on DHA the arena mirrors the host layout, so On-Demand moves it in one transfer.
         layout.demand_jobs = (
@@ -383,13 +377,13 @@ class ColdStartEngine:
         self, inputs: dict[str, torch.Tensor], layout: _Layout, overlap: bool, marks: list[float]
     ) -> torch.Tensor:
         """Map, issue the copies, bind, run; appends the `ColdPhases` milestones (perf_counter) to `marks`."""
+        layout.arena.map()
         self._resident = layout  # from here on, a failure must evict to unmap and unbind
+        marks.append(time.perf_counter())
         try:
             if overlap:
-                tokens = self._map_and_issue(layout, marks)
+                tokens = self.copier.issue(layout.jobs, layout.events)
             else:
-                layout.arena.map()
-                marks.append(time.perf_counter())
                 tokens = self.copier.issue(layout.demand_jobs)
             _apply(layout.binding)
             marks.append(time.perf_counter())
@@ -409,27 +403,6 @@ class ColdStartEngine:
             self.evict()
             raise
         return output
-
-    def _map_and_issue(self, layout: _Layout, marks: list[float]) -> list[object]:
-        """Map the arena segment by segment, issuing each segment's copies as soon as it is mapped (see arena.py).
-
-        Copies of one slot stay in layer order: jobs are in arena order, and a job goes out with the segment that
-        holds its last byte. The `mapped_ms` milestone is the first segment's: copies can start from there on.
-        """
-        tokens: list[object] = [None] * len(layout.jobs)
-        events = layout.events
-        for index, ks in enumerate(layout.segment_jobs):
-            layout.arena.map_segment(index)
-            if index == 0:
-                marks.append(time.perf_counter())
-            if ks:
-                issued = self.copier.issue([layout.jobs[k] for k in ks], [events[k] for k in ks] if events else None)
-                for k, token in zip(ks, issued, strict=True):
-                    tokens[k] = token
-        if not layout.segment_jobs:  # nothing copied (every layer DHA): an empty arena
-            layout.arena.map()
-            marks.append(time.perf_counter())
-        return tokens
 
     def _warm_forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Resident forward: a captured graph when graphs are on (captured on first use per shape), else eager."""

@@ -79,30 +79,3 @@ def test_make_arena_on_cpu() -> None:
 def test_make_arena_on_cuda_without_driver_bindings_says_what_to_install() -> None:
     with pytest.raises(ArenaError, match="cuda-python"):
         make_arena(SIZE, torch.device("cuda", 0))
-
-
-def test_segments_cover_the_range_aligned_and_doubling() -> None:
-    from deepplan_backend.runtime.arena import segment_bounds
-
-    assert segment_bounds(0) == []
-    bounds = segment_bounds(100 << 20, granularity=2 << 20, first=8 << 20)
-    assert bounds[0] == (0, 8 << 20) and bounds[-1][1] == 100 << 20
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))  # contiguous
-    sizes = [end - start for start, end in bounds]
-    assert sizes[:3] == [8 << 20, 16 << 20, 32 << 20] and all(s % (2 << 20) == 0 for s in sizes)
-    assert segment_bounds(1000, granularity=4096, first=10) == [(0, 1000)]  # one granule at least
-
-
-def test_an_arena_is_mapped_once_every_segment_is(monkeypatch) -> None:
-    from deepplan_backend.runtime import arena as arena_module
-
-    monkeypatch.setattr(arena_module, "FIRST_SEGMENT_BYTES", 4096)
-    arena = HostArena(SIZE)
-    assert [end - start for start, end in arena.segments] == [4096, 8192, 100]
-    for index in (0, 2):
-        arena.map_segment(index)
-        assert not arena.mapped
-    arena.map_segment(1)
-    assert arena.mapped
-    arena.unmap()
-    assert not arena.mapped
