@@ -41,6 +41,9 @@ class Measurement:
     """Largest |output - reference| over every cold and warm output of this configuration (see the module doc)."""
     graph_replayed: bool = False
     """Whether the cold starts replayed a captured CUDA graph (False: eager, by choice or because capture failed)."""
+    reference_finite: bool = True
+    """Whether the reference output (the first configuration's) is finite: a model that overflows in a dtype (e.g.
+    a deep ResNet with random weights in float16) cannot tell right from wrong."""
 
 
 def load_bound_ms(copied_bytes: int, links: LinkProfile, num_devices: int) -> float:
@@ -119,6 +122,7 @@ def measure_interleaved(
             samples=len(cold[i]),
             max_abs_diff=diff[i],
             graph_replayed=replayed[i],
+            reference_finite=reference is None or bool(torch.isfinite(reference).all()),
         )
         for i, run in enumerate(runs)
     ]
