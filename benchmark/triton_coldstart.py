@@ -105,7 +105,9 @@ COLUMNS: tuple[str, ...] = (
     "all_models_loaded_s",
     "date",
 )
-TRACE_PHASES = ("read", "answer", "respond", "metrics", "exchange", "host", "validate", "queue", "room", "engine")
+TRACE_PHASES = (
+    "read", "answer", "respond", "metrics", "exchange", "host", "validate", "queue", "room", "engine", "release"
+)  # fmt: skip
 """Phases of the backend's ``deepplan trace`` lines (see `deepplan_backend.model`) reported per model: the
 median over its cold requests, as ``trace_<phase>_ms`` columns."""
 COLUMNS += tuple(f"trace_{p}_ms" for p in TRACE_PHASES)

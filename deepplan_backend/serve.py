@@ -22,9 +22,11 @@ import contextlib
 import ctypes
 import errno
 import hashlib
+import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,6 +43,7 @@ from types import FrameType
 from typing import IO
 
 from deepplan_backend import install
+from deepplan_backend.runtime.residency import STATE_DIR_ENV, server_state_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
@@ -229,6 +232,32 @@ def server_env(dist: install.TritonDist, base: Mapping[str, str] | None = None) 
     prepend("LD_LIBRARY_PATH", _libpython_dir(), dist.libs)
     prepend("PYTHONPATH", REPO_ROOT)
     return env
+
+
+def remove_unused_state_dir(folder: Path) -> bool:
+    """Delete a residency state folder unless a live process still owns a model in it; whether it is gone."""
+    try:
+        state = json.loads((folder / "state.json").read_text() or "{}")
+    except FileNotFoundError:
+        state = {}
+    except (OSError, ValueError):
+        return False  # unreadable: not ours to judge
+    models = state.get("models") if isinstance(state, dict) else None
+    owners = {e.get("pid") for e in (models or {}).values() if isinstance(e, dict)}
+    if any(isinstance(pid, int) and _pid_alive(pid) for pid in owners):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _shm_prefix() -> str:
@@ -448,7 +477,18 @@ class TritonServer:
         if self._reader:
             self._reader.join(timeout=2)
         self._remove_shm_regions()
+        self._remove_residency_state()
         return self._proc.returncode if code is None else code
+
+    def _remove_residency_state(self) -> None:
+        """Delete this server's default residency folder (``/dev/shm/deepplan-residency-<pid>``) once unused.
+
+        Its models' processes are gone with the server; an engine host still lingering for a few seconds has
+        unregistered them. A folder named by ``$DEEPPLAN_RESIDENCY_DIR`` is the user's and stays, and so does one
+        that still lists a live owner.
+        """
+        if self._proc is not None and not os.environ.get(STATE_DIR_ENV):
+            remove_unused_state_dir(server_state_dir(self._proc.pid))
 
     def _remove_shm_regions(self) -> None:
         """Delete this launch's Python-backend regions left in /dev/shm (1 MiB or more each).
