@@ -170,7 +170,14 @@ class _Host:
         except (KeyError, TypeError, StopIteration):
             send_message(conn, {"ok": False, "error": "malformed answer message: inputs do not match arrays"})
             return
-        answers = served.answer(requests)  # validation here; budget and device work on the device thread
+        # Validation here; budget and device work on the device thread; the budget's release after the reply.
+        try:
+            answers = served.answer(requests, defer_release=True)
+            self._reply(conn, served, start, answers)
+        finally:
+            served.settle()
+
+    def _reply(self, conn: socket.socket, served: Any, start: float, answers: list[Any]) -> None:
         if any(a.error and "CUDA" in a.error for a in answers):
             self._on_device_thread(_exit_if_device_broken)
         host_ms = (time.perf_counter() - start) * 1e3

@@ -15,7 +15,8 @@ TRACE_ENV = "DEEPPLAN_TRACE"
 """``DEEPPLAN_TRACE=1`` in the server's environment: the backend prints where each batch's time went."""
 PHASES = ("validate_ms", "queue_ms", "room_ms", "engine_ms", "release_ms")
 """A served request's phases: input checks, waiting for the device thread, taking budget (evicting others),
-the engine's cold or warm forward (inputs in, output back on the host), giving the budget back."""
+the engine's cold or warm forward (inputs in, output back on the host), giving the budget back (0 where an
+engine host does that after the reply)."""
 
 
 @dataclass(frozen=True)

@@ -364,6 +364,7 @@ class ServedModel:
         self.device_name = str(self.devices[0])
         self.evictions = 0
         self._lock = threading.Lock()
+        self._unreleased = False  # a request answered before its budget release (see `settle`)
         self._device_runner: DeviceRunner = device_runner or _run_here
         self.residency = residency or Residency(settings.residency_dir)
         budget = settings.budget if settings.budget is not None else default_budget(self.devices[0], settings.reserve)
@@ -482,17 +483,20 @@ class ServedModel:
         return output, cold, provision_ms
 
     def _infer_timed(
-        self, inputs: dict[str, torch.Tensor], room_timeout_s: float = WAIT_TIMEOUT_S
+        self, inputs: dict[str, torch.Tensor], room_timeout_s: float = WAIT_TIMEOUT_S, defer_release: bool = False
     ) -> tuple[torch.Tensor, bool, float, dict[str, float]]:
-        """`infer`, plus the request's phases in ms (queue, room, engine, release: see `answer.PHASES`)."""
-        timing: dict[str, float] = {}
+        """`infer`, plus the request's phases in ms (queue, room, engine, release: see `answer.PHASES`).
+
+        `defer_release`: leave the budget's release to `settle` (the caller answers first).
+        """
+        timing: dict[str, float] = {"release_ms": 0.0}
 
         def on_device() -> tuple[InferenceResult, float] | None:
             start = time.perf_counter()
             timing["queue_ms"] = timing.get("queue_ms", 0.0) + (start - queued) * 1e3
             acquired = start
             with self._lock:  # held from the residency check to the release: see `_run_locked`
-                result = self._run_locked(inputs, timing) if self.engine.is_resident else None
+                result = self._run_locked(inputs, timing, defer_release) if self.engine.is_resident else None
             if result is None:
                 try:  # never wait here: the device thread serves every model of its GPU
                     self.residency.acquire(self.key, self.need_bytes, wait=False)
@@ -500,7 +504,7 @@ class ServedModel:
                     return None
                 acquired = time.perf_counter()
                 with self._lock:
-                    result = self._run_locked(inputs, timing)
+                    result = self._run_locked(inputs, timing, defer_release)
             end = time.perf_counter()
             timing.update(room_ms=(acquired - start) * 1e3)
             timing["engine_ms"] = (end - acquired) * 1e3 - timing["release_ms"]
@@ -516,27 +520,54 @@ class ServedModel:
         result, elapsed_ms = done
         return result.output, result.cold, elapsed_ms if result.cold else 0.0, timing
 
-    def _run_locked(self, inputs: dict[str, torch.Tensor], timing: dict[str, float]) -> InferenceResult:
-        """Cold or warm forward, then release the budget; the caller holds the model's lock (`self._lock`).
+    def _run_locked(self, inputs: dict[str, torch.Tensor], timing: dict[str, float], defer: bool) -> InferenceResult:
+        """Cold or warm forward, then the budget's release (`defer`: a warm one's waits for `settle`); needs `_lock`.
 
         A warm request takes no budget first (the model holds its bytes already), saving a locked state-file
         update per request (~1 ms on a busy host). It is then not marked in use, so another process may pick
         the model as a victim meanwhile; the eviction takes this lock, so it waits for the request and its
-        release, and the evictor records the freed bytes after the release has recorded the resident ones.
+        release, and the evictor records the freed bytes after the release has recorded the resident ones. A
+        deferred release reads the resident bytes when it runs, under this lock, so an eviction in between is
+        recorded right as well.
         """
         try:
             with self._exec_lock:
-                return self.engine.infer(inputs, self.schedule, self.overlap)
-        finally:
-            released = time.perf_counter()
-            self.residency.release(self.key, self.engine.resident_bytes)  # a warm request's LRU clock too
+                result = self.engine.infer(inputs, self.schedule, self.overlap)
+        except BaseException:
+            self._release_locked(timing)  # a failed request's reservation goes back at once
+            raise
+        if defer and not result.cold:
+            self._unreleased = True
+        else:  # a cold start's reservation must turn into resident bytes (or room) before others plan evictions
+            self._release_locked(timing)
+        return result
+
+    def _release_locked(self, timing: dict[str, float] | None = None) -> None:
+        """The budget release of the last request: its resident bytes stay counted, its LRU clock moves."""
+        released = time.perf_counter()
+        self.residency.release(self.key, self.engine.resident_bytes)
+        self._unreleased = False
+        if timing is not None:
             timing["release_ms"] = (time.perf_counter() - released) * 1e3
 
-    def answer(self, requests: list[Mapping[str, np.ndarray | None]]) -> list[Answer]:
+    def settle(self) -> None:
+        """Release the budget of warm requests answered with ``defer_release`` (an engine host: after the reply).
+
+        A warm request's release only moves the model's LRU clock, but it is a locked update of the shared state
+        file (0.5-0.9 ms on the device hosts): done after the reply, the client does not wait for it. A cold
+        start's release is never deferred: until it runs the model counts as in use, and a request of another
+        model needing its room would have to wait for it.
+        """
+        with self._lock:
+            if self._unreleased:
+                self._release_locked()
+
+    def answer(self, requests: list[Mapping[str, np.ndarray | None]], defer_release: bool = False) -> list[Answer]:
         """One `Answer` per request, in order.
 
         Invalid requests get their own error; valid ones with the same shape run as one batch (a cold start per
-        plan if the model is not resident).
+        plan if the model is not resident). With `defer_release` the caller must call `settle` once it has
+        answered (warm requests leave their budget release to it).
         """
         answers: list[Answer | None] = [None] * len(requests)
         groups: dict[tuple, list[tuple[int, dict[str, torch.Tensor]]]] = {}
@@ -557,7 +588,7 @@ class ServedModel:
             else:
                 batch = {k: torch.cat([inputs[k] for _, inputs in members]) for k in names}
             try:
-                output, cold, provision_ms, timing = self._infer_timed(batch)
+                output, cold, provision_ms, timing = self._infer_timed(batch, defer_release=defer_release)
             except Exception as exc:  # cold start failed, budget cannot fit, ...: every member gets the reason
                 for i, _ in members:
                     answers[i] = Answer(error=f"{self.key}: {type(exc).__name__}: {exc}")
