@@ -179,18 +179,23 @@ class _Listener:
                         break
                     data += chunk
             cmd, _, arg = data.decode(errors="replace").strip().partition(" ")
-            reply = b"ok"
+            reply = "ok"
             if cmd == "evict":
-                callback = self.callbacks.get(arg)
-                try:
-                    if callback is not None:
-                        callback()
-                except Exception as exc:  # answered to the asker, who reports it
-                    reply = f"error {type(exc).__name__}: {exc}".encode()
+                reply = self.evict(arg)
             elif cmd == "wake":
                 self.notify()
             with contextlib.suppress(OSError):
-                conn.sendall(reply)
+                conn.sendall(reply.encode())
+
+    def evict(self, key: str) -> str:
+        """Run `key`'s evict callback (none registered: nothing to evict); "ok", or the error for the asker."""
+        callback = self.callbacks.get(key)
+        try:
+            if callback is not None:
+                callback()
+        except Exception as exc:  # answered to the asker, who reports it
+            return f"error {type(exc).__name__}: {exc}"
+        return "ok"
 
     def notify(self) -> None:
         with self.wake:
@@ -262,9 +267,8 @@ class Residency:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._state_path = self.state_dir / "state.json"
         self._listener = _for_this_process(_listeners, self.state_dir, _Listener)
-        self._pid = os.getpid()
-        self._start = _start_time(self._pid)
         self._file = _for_this_process(_state_files, self.state_dir, _StateFile)
+        self._pid, self._start = self._file.pid, self._file.start
 
     # ---- state file -------------------------------------------------------------------------------------------
 
@@ -514,13 +518,7 @@ class Residency:
         replies = {}
         for key, sock in targets:
             if sock == self._listener.name:
-                callback = self._listener.callbacks.get(key)
-                try:
-                    if callback is not None:
-                        callback()
-                    replies[key] = "ok"
-                except Exception as exc:
-                    replies[key] = f"error {type(exc).__name__}: {exc}"
+                replies[key] = self._listener.evict(key)
                 continue
             try:
                 replies[key] = _send(sock, f"evict {key}".encode(), EVICT_TIMEOUT_S).decode(errors="replace")

@@ -393,9 +393,7 @@ class ServedModel:
             self.infer(inputs, room_timeout_s=WARM_UP_ROOM_TIMEOUT_S)
 
             def evict_uncounted() -> None:  # not an eviction to make room: no metric, empty device
-                with self._lock, self._exec_lock:
-                    if self.engine.is_resident:  # another process's request may have evicted it already
-                        self.engine.evict()
+                self._leave_device()  # another process's request may have evicted it already
                 self.residency.release(self.key, 0)
 
             self._device_runner(evict_uncounted)
@@ -628,11 +626,17 @@ class ServedModel:
     # ---- residency ----------------------------------------------------------------------------------------------
 
     def _evict(self) -> None:
-        """Called by the residency listener (another thread) when this idle model must give its memory back."""
+        """The residency's evict callback (its listener, or a request of this process): give the memory back."""
+        if self._leave_device():
+            self.evictions += 1
+
+    def _leave_device(self) -> bool:
+        """Evict the engine if it is resident, between requests; whether it was."""
         with self._lock, self._exec_lock:
-            if self.engine.is_resident:
-                self.engine.evict()
-                self.evictions += 1
+            if not self.engine.is_resident:
+                return False
+            self.engine.evict()
+            return True
 
     @property
     def resident_bytes(self) -> int:
