@@ -22,11 +22,9 @@ import contextlib
 import ctypes
 import errno
 import hashlib
-import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -43,7 +41,7 @@ from types import FrameType
 from typing import IO
 
 from deepplan_backend import install
-from deepplan_backend.runtime.residency import STATE_DIR_ENV, server_state_dir
+from deepplan_backend.runtime.residency import STATE_DIR_ENV, remove_unused_state_dir, server_state_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
@@ -232,32 +230,6 @@ def server_env(dist: install.TritonDist, base: Mapping[str, str] | None = None) 
     prepend("LD_LIBRARY_PATH", _libpython_dir(), dist.libs)
     prepend("PYTHONPATH", REPO_ROOT)
     return env
-
-
-def remove_unused_state_dir(folder: Path) -> bool:
-    """Delete a residency state folder unless a live process still owns a model in it; whether it is gone."""
-    try:
-        state = json.loads((folder / "state.json").read_text() or "{}")
-    except FileNotFoundError:
-        state = {}
-    except (OSError, ValueError):
-        return False  # unreadable: not ours to judge
-    models = state.get("models") if isinstance(state, dict) else None
-    owners = {e.get("pid") for e in (models or {}).values() if isinstance(e, dict)}
-    if any(isinstance(pid, int) and _pid_alive(pid) for pid in owners):
-        return False
-    shutil.rmtree(folder, ignore_errors=True)
-    return not folder.exists()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _shm_prefix() -> str:

@@ -35,6 +35,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -86,6 +87,22 @@ def server_state_dir(server_pid: int) -> Path:
     """The default state folder of the ``tritonserver`` with this pid."""
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
     return base / f"deepplan-residency-{server_pid}"
+
+
+def remove_unused_state_dir(folder: Path) -> bool:
+    """Delete a state folder unless a live process still owns a model in it (a stopped server's); whether it is gone."""
+    try:
+        state = json.loads((folder / "state.json").read_text() or "{}")
+    except FileNotFoundError:
+        state = {}
+    except (OSError, ValueError):
+        return False  # unreadable: not ours to judge
+    models = state.get("models") if isinstance(state, dict) else None
+    entries = [e for e in (models or {}).values() if isinstance(e, dict) and isinstance(e.get("pid"), int)]
+    if any(_alive(e["pid"], e.get("start")) for e in entries):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -240,3 +240,21 @@ def test_a_victim_of_the_same_process_is_evicted_by_a_direct_call_and_recorded_a
     assert (models["a"]["bytes"], models["a"]["resident"], models["a"]["evicting"]) == (0, False, 0)
     assert (models["b"]["bytes"], models["b"]["in_use"]) == (60, True)
     r.release("b", 60)
+
+
+def test_an_unused_residency_folder_is_removed_and_a_used_one_kept(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from deepplan_backend.runtime.residency import remove_unused_state_dir
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for owner, kept in ((int(dead.stdout), False), (os.getpid(), True)):
+        folder = tmp_path / f"state-{owner}"
+        folder.mkdir()
+        (folder / "state.lock").touch()
+        (folder / "state.json").write_text(json.dumps({"models": {"m#1": {"pid": owner}}}))
+        assert remove_unused_state_dir(folder) is not kept
+        assert folder.exists() is kept
+    assert remove_unused_state_dir(tmp_path / "never-made")  # nothing there: nothing to keep

@@ -129,21 +129,3 @@ def test_entry_point_dispatch(capsys):
     with pytest.raises(SystemExit) as exc:
         entry.main(["install", "--help"])
     assert exc.value.code == 0
-
-
-def test_an_unused_residency_folder_is_removed_and_a_used_one_kept(tmp_path) -> None:
-    import json
-    import os
-    import subprocess
-
-    from deepplan_backend.serve import remove_unused_state_dir
-
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    for owner, kept in ((int(dead.stdout), False), (os.getpid(), True)):
-        folder = tmp_path / f"state-{owner}"
-        folder.mkdir()
-        (folder / "state.lock").touch()
-        (folder / "state.json").write_text(json.dumps({"models": {"m#1": {"pid": owner}}}))
-        assert remove_unused_state_dir(folder) is not kept
-        assert folder.exists() is kept
-    assert remove_unused_state_dir(tmp_path / "never-made")  # nothing there: nothing to keep
