@@ -53,8 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def obtain_plan(prepared: PreparedModel, args: argparse.Namespace, repo: Path, all_devices: list[torch.device]) -> Plan:
     """Load the model's plan for this GPU and regime, or (with --make-plans) profile and plan it now."""
-    graphs = bool(getattr(args, "graphs", False))
-    key = prepared.plan_key(args.batch_size, args.seq_len, gpu_name(all_devices[0]), graphs=graphs)
+    key = prepared.plan_key(args.batch_size, args.seq_len, gpu_name(all_devices[0]), graphs=args.graphs)
     try:
         return load_plan(repo, key, prepared.fingerprint)
     except PlanNotFound:
@@ -62,7 +61,7 @@ def obtain_plan(prepared: PreparedModel, args: argparse.Namespace, repo: Path, a
             raise
     import datetime as dt
 
-    profile = profile_model(prepared, all_devices, args.batch_size, args.seq_len, graphs=graphs)
+    profile = profile_model(prepared, all_devices, args.batch_size, args.seq_len, graphs=args.graphs)
     plan = make_plan(profile, device_counts_for(len(all_devices)), dt.datetime.now(dt.timezone.utc).isoformat())
     save_plan(repo, plan)
     return plan

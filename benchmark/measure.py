@@ -86,7 +86,6 @@ def measure_interleaved(
     copied = [0] * len(runs)
     diff = [0.0] * len(runs)
     reference: torch.Tensor | None = None
-    replayed = [False] * len(runs)
     try:
         for k in range(warmup + repeats):
             for i, (engine, (schedule, overlap)) in enumerate(zip(engines, schedules, strict=True)):
@@ -101,13 +100,15 @@ def measure_interleaved(
                     if diff[i] == diff[i] and not gap <= diff[i]:  # a NaN, once seen, stays (max() drops it)
                         diff[i] = gap
                 if k >= warmup:
-                    replayed[i] = engine.replays_graph(schedule, inputs)
                     cold[i].append(first.latency_ms)
                     warm[i].append(second.latency_ms)
                     copied[i] = first.copied_bytes
+        # A graph is captured at an engine's first warm request, so by now it is settled whether cold starts replay one.
+        replayed = [e.replays_graph(schedule, inputs) for e, (schedule, _) in zip(engines, schedules, strict=True)]
     finally:
         for engine in engines:
             engine.close()
+    finite = reference is None or bool(torch.isfinite(reference).all())
     return [
         Measurement(
             model=prepared.model.name,
@@ -122,7 +123,7 @@ def measure_interleaved(
             samples=len(cold[i]),
             max_abs_diff=diff[i],
             graph_replayed=replayed[i],
-            reference_finite=reference is None or bool(torch.isfinite(reference).all()),
+            reference_finite=finite,
         )
         for i, run in enumerate(runs)
     ]
