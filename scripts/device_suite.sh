@@ -3,7 +3,7 @@
 # that one slow step cannot take the others' logs with it. One device call (10 min) holds only some steps: see
 # results/README.md ("Re-running everything on a device") for the order. Logs and CSVs go to OUT/logs
 # (default $OUT, else results/device), tarred at the end. Wheels: scripts/device_wheels.sh, installed first.
-#   scripts/device_suite.sh [STEP ...]     steps: tests triton triton_eager engine scale fig12
+#   scripts/device_suite.sh [STEP ...]     steps: tests triton triton_eager engine fig10 scale fig12
 #                                          limit limit_eager (default: all but limit_eager)
 # SUITE_BUDGET_S (default 580): the whole run's limit; a step gets at most what is left of it, minus 15 s for
 # the tar, so that a device call's own limit never kills the run before its logs are packed.
@@ -43,6 +43,10 @@ for step in $steps; do
             --out "$L/triton_eager" --models bert-base resnet50 --instances 8 --budget 2GiB --skip-load-compare ;;
         engine) run engine_standalone 120 python3 -m benchmark --table -m bert-base -m resnet50 --make-plans \
             -p "$L/plans" --configs demand:0 deepplan:0,1 -n 8 --warmup 2 -o "$L/engine_standalone.csv" ;;
+        # --graphs: the backend's default regime; FIG10_ARGS="" gives the eager table of session 1
+        # shellcheck disable=SC2086
+        fig10) run fig10 560 python3 -m benchmark --table --all --make-plans -p "$L/plans" -n 8 --warmup 2 \
+            ${FIG10_ARGS---graphs} -o "$L/fig10.csv" ;;
         scale) run scale 300 python3 -m benchmark.triton_scale --model bert-base \
             --points shared:8 shared:200 instance:4 instance:8 --budget 2GiB --out "$L/scale" ;;
         # shellcheck disable=SC2086  # FIG12_INSTANCES is a list
