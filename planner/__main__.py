@@ -22,6 +22,7 @@ from deepplan_backend.runtime.zoo import PAPER_MODELS, ModelSourceError, parse_d
 from .plan_view import format_plan
 from .planning import make_plan
 from .profiler import profile_model
+from .validation import validate_plan
 
 
 def positive_int(text: str) -> int:
@@ -105,8 +106,11 @@ def plan_one(name: str, args: argparse.Namespace, repo: Path) -> Path:
     )
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     plan = make_plan(profile, device_counts_for(len(devices)), created)
+    plan, verdicts = validate_plan(plan, prepared, devices, args.batch_size, args.seq_len, args.graphs)
     path = save_plan(repo, plan)
     print(format_plan(plan))
+    for verdict in verdicts:
+        print(f"checked on the devices: {verdict.describe()}")
     print(f"plan written: {path}")
     return path
 

@@ -9,11 +9,11 @@ an early layer removes a later stall.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 
 from deepplan_backend.runtime.plan import LoadSchedule, ModelProfile, PlanError
 from planner.partition import even_byte_split
-from planner.simulate import CostModel, copy_scale, execute, ready_times
+from planner.simulate import CostModel, copy_saved_ms, copy_scale, execute, ready_times
 
 DHA_LOAD_FACTOR = 1.5
 """A layer is never a DHA candidate if its DHA time exceeds exec + this x load (original DeepPlan's bound)."""
@@ -31,27 +31,32 @@ def is_candidate(profile: ModelProfile, index: int) -> bool:
     return layer.dha_exec_ms <= layer.exec_ms + DHA_LOAD_FACTOR * layer.load_ms
 
 
-def can_pay_off(profile: ModelProfile, index: int, max_scale: float) -> bool:
+def can_pay_off(profile: ModelProfile, index: int, max_scale: float, saved_ms: Sequence[float] | None = None) -> bool:
     """Whether switching a layer could lower the prediction: its DHA penalty is below the copy it saves.
 
-    Reading a layer by DHA takes at most its (contention-scaled) copy off the critical path and adds its DHA
+    Reading a layer by DHA takes at most its (contention-scaled) copy off the critical path (`copy_saved_ms`:
+    for a small layer inside a chunk, only its bytes, since the chunk's copy still happens) and adds its DHA
     penalty to it, so a penalty at least that large never helps. Pruning these keeps the selection near
     O(stalls x useful candidates) instead of trying every small layer (norms, biases) at every stall.
     """
     layer = profile.layers[index]
-    return layer.dha_exec_ms - layer.exec_ms < layer.load_ms * max_scale
+    saved = (saved_ms if saved_ms is not None else copy_saved_ms(profile))[index]
+    return layer.dha_exec_ms - layer.exec_ms < saved * max_scale
 
 
-def candidate_rank(profile: ModelProfile, index: int) -> tuple[float, float, int]:
-    """Sort key, best first: smallest DHA penalty per millisecond of load saved, then largest load.
+def candidate_rank(
+    profile: ModelProfile, index: int, saved_ms: Sequence[float] | None = None
+) -> tuple[float, float, int]:
+    """Sort key, best first: smallest DHA penalty per millisecond of copy saved, then largest copy saved.
 
     A negative penalty (DHA faster than in-GPU execution, as for an embedding lookup) ranks first. A layer
-    with nothing to load saves no copy time, so it ranks last.
+    with nothing to copy saves no copy time, so it ranks last.
     """
     layer = profile.layers[index]
+    saved = (saved_ms if saved_ms is not None else copy_saved_ms(profile))[index]
     penalty = layer.dha_exec_ms - layer.exec_ms
-    ratio = penalty / layer.load_ms if layer.load_ms > 0 else float("inf")
-    return (ratio, -layer.load_ms, index)
+    ratio = penalty / saved if saved > 0 else float("inf")
+    return (ratio, -saved, index)
 
 
 def _stall_at(profile: ModelProfile, schedule: LoadSchedule, begin: int) -> tuple[int | None, float]:
@@ -77,6 +82,7 @@ def select_dha_layers(
         raise PlanError(f"{profile.key.model}: DHA selection needs at least one device, got {num_devices}")
     dha = set(initial_dha)
     max_scale = max(copy_scale(profile, k) for k in range(1, num_devices + 1))
+    saved = copy_saved_ms(profile)
     schedule = partition(profile, dha, num_devices)
     stall, total = _stall_at(profile, schedule, 0)
     while stall is not None:
@@ -85,9 +91,9 @@ def select_dha_layers(
             (
                 j
                 for j in range(stalled + 1)
-                if j not in dha and is_candidate(profile, j) and can_pay_off(profile, j, max_scale)
+                if j not in dha and is_candidate(profile, j) and can_pay_off(profile, j, max_scale, saved)
             ),
-            key=lambda j: candidate_rank(profile, j),
+            key=lambda j: candidate_rank(profile, j, saved),
         )
         for j in candidates:
             trial = partition(profile, dha | {j}, num_devices)

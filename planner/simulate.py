@@ -2,12 +2,17 @@
 
 The model of the hardware, kept deliberately small so the planner can call it thousands of times:
 
+- Copies travel in the engine's chunks (`chunking.chunk_runs`: consecutive layers of one source slot, about
+  2 MiB each), and a layer is usable when its whole chunk has landed. A chunk of one layer costs that layer's
+  profiled `load_ms`; a merged chunk costs its bytes at the link's bandwidth plus one copy's fixed cost
+  (`copy_overhead_ms`), since its layers' own small-copy overheads are never paid. This is what keeps the
+  planner from reading a ResNet's many small layers by DHA only to save overheads the engine does not have.
 - Each source slot is one sequential copy queue that starts at `links.copy_start_ms` (device memory mapped).
   Slot 0 is the target GPU's own PCIe link; its copies land directly. Slot s > 0 is a peer GPU: it copies its
-  layers over its own PCIe link, then forwards each one to the target over NVLink at `links.p2p_gbps`. A peer's
-  forward queue is separate from its PCIe queue, so the PCIe copy of layer j overlaps the forward of layer j-1.
+  chunks over its own PCIe link, then forwards each one to the target over NVLink at `links.p2p_gbps`. A peer's
+  forward queue is separate from its PCIe queue, so the PCIe copy of chunk j overlaps the forward of chunk j-1.
 - Copies on every queue run in layer order (the engine issues them that way).
-- When k slots copy at once, host memory bounds them: each copy takes `load_ms * h2d_gbps / per_link_gbps(k)`.
+- When k slots copy at once, host memory bounds them: each copy takes `copy_ms * h2d_gbps / per_link_gbps(k)`.
   k counts the slots that copy at least one layer, and the scaling holds for the whole cold start (a slot that
   finishes early is not credited back; this slightly overestimates, which keeps plans conservative).
 - Execution cannot begin before `links.setup_ms`, the host time a cold start spends mapping memory, issuing
@@ -21,9 +26,11 @@ The model of the hardware, kept deliberately small so the planner can call it th
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from deepplan_backend.runtime.chunking import chunk_runs
 from deepplan_backend.runtime.plan import DHA, ENGINES, LoadSchedule, ModelProfile, PlanError
 
 STALL_EPS_MS = 1e-9
@@ -109,28 +116,80 @@ def copy_scale(profile: ModelProfile, slots_in_use: int) -> float:
     return max(1.0, profile.links.h2d_gbps / share)
 
 
+def copy_overhead_ms(profile: ModelProfile) -> float:
+    """One copy's fixed cost on this machine.
+
+    The median of what each layer's profiled copy took beyond its bytes at the link's bandwidth (never negative).
+    """
+    h2d = profile.links.h2d_gbps
+    extra = [max(0.0, layer.load_ms - transfer_ms(layer.nbytes, h2d)) for layer in profile.layers if layer.nbytes]
+    return statistics.median(extra) if extra else 0.0
+
+
+def copy_saved_ms(profile: ModelProfile) -> list[float]:
+    """Per layer, the most copy time that reading it by DHA can save.
+
+    That is its own profiled copy when it travels alone, else its bytes at link speed plus at most one copy's
+    fixed cost (the chunk it leaves still goes).
+    """
+    overhead = copy_overhead_ms(profile)
+    h2d = profile.links.h2d_gbps
+    return [min(layer.load_ms, transfer_ms(layer.nbytes, h2d) + overhead) for layer in profile.layers]
+
+
+class _Copies:
+    """Per-layer copy costs of one profile, and the chunked copy timeline of any schedule over them."""
+
+    def __init__(self, profile: ModelProfile) -> None:
+        links = profile.links
+        self.profile = profile
+        self.sizes = [layer.nbytes for layer in profile.layers]
+        self.load = [layer.load_ms for layer in profile.layers]
+        self.stream = [transfer_ms(n, links.h2d_gbps) for n in self.sizes]
+        self.overhead = copy_overhead_ms(profile)
+        self.p2p = links.p2p_gbps
+        self.start = links.copy_start_ms
+        self._scales: dict[int, float] = {}
+
+    def scale(self, slots_in_use: int) -> float:
+        """Cached `copy_scale` for this profile."""
+        if slots_in_use not in self._scales:
+            self._scales[slots_in_use] = copy_scale(self.profile, slots_in_use)
+        return self._scales[slots_in_use]
+
+    def ready(self, sources: Sequence[int]) -> list[float]:
+        """When each layer's weights are usable on the target: when its chunk has landed.
+
+        DHA layers are ready at 0, and so is a chunk of layers with no bytes of their own (the engine waits for
+        nothing there).
+        """
+        used = {s for s in sources if s != DHA}
+        scale = self.scale(len(used))
+        h2d_free: dict[int, float] = {}  # when each slot's PCIe queue is next free
+        fwd_free: dict[int, float] = {}  # when each peer's NVLink forward queue is next free
+        ready = [0.0] * len(sources)
+        for run in chunk_runs(sources, self.sizes):
+            nbytes = sum(self.sizes[i] for i in run)
+            if not nbytes:
+                continue
+            if len(run) == 1:
+                copy_ms = self.load[run[0]]
+            else:
+                copy_ms = sum(self.stream[i] for i in run) + self.overhead
+            src = sources[run[0]]
+            landed = h2d_free.get(src, self.start) + copy_ms * scale
+            h2d_free[src] = landed
+            if src != 0:
+                landed = max(landed, fwd_free.get(src, 0.0)) + transfer_ms(nbytes, self.p2p)
+                fwd_free[src] = landed
+            for i in run:
+                ready[i] = landed
+        return ready
+
+
 def ready_times(profile: ModelProfile, schedule: LoadSchedule) -> list[float]:
-    """When each layer's weights are usable on the target: 0 for DHA, else the end of its copy or forward."""
-    sources = schedule.sources
-    slots = {s for s in sources if s != DHA}
-    scale = copy_scale(profile, len(slots))
-    p2p = profile.links.p2p_gbps
-    first = profile.links.copy_start_ms
-    h2d_free: dict[int, float] = {}  # when each slot's PCIe queue is next free
-    fwd_free: dict[int, float] = {}  # when each peer's NVLink forward queue is next free
-    ready = [0.0] * len(sources)
-    for i, (layer, src) in enumerate(zip(profile.layers, sources, strict=True)):
-        if src == DHA:
-            continue
-        copied = h2d_free.get(src, first) + layer.load_ms * scale
-        h2d_free[src] = copied
-        if src == 0:
-            ready[i] = copied
-        else:
-            forwarded = max(copied, fwd_free.get(src, 0.0)) + transfer_ms(layer.nbytes, p2p)
-            fwd_free[src] = forwarded
-            ready[i] = forwarded
-    return ready
+    """When each layer's weights are usable on the target: 0 for DHA, else when its chunk has landed."""
+    return _Copies(profile).ready(schedule.sources)
 
 
 def execute(profile: ModelProfile, sources: Sequence[int], ready: Sequence[float]) -> SimResult:
@@ -164,37 +223,24 @@ class CostModel:
     def __init__(self, profile: ModelProfile) -> None:
         check_profile(profile)
         self.profile = profile
-        self.load = [layer.load_ms for layer in profile.layers]
+        self.copies = _Copies(profile)
         self.exec = [layer.exec_ms for layer in profile.layers]
         self.dha = [layer.dha_exec_ms for layer in profile.layers]
-        self.forward = [transfer_ms(layer.nbytes, profile.links.p2p_gbps) for layer in profile.layers]
-        self._scales: dict[int, float] = {}
 
     def scale(self, slots_in_use: int) -> float:
         """Cached `copy_scale` for this profile."""
-        if slots_in_use not in self._scales:
-            self._scales[slots_in_use] = copy_scale(self.profile, slots_in_use)
-        return self._scales[slots_in_use]
+        return self.copies.scale(slots_in_use)
 
     def total(self, sources: Sequence[int]) -> float:
         """Predicted latency of the schedule with per-layer `sources` (same rules as `simulate`)."""
-        used = set(sources)
-        used.discard(DHA)
-        scale = self.scale(len(used))
-        h2d_free = [self.profile.links.copy_start_ms] * (max(used) + 1 if used else 1)
-        fwd_free = list(h2d_free)
+        ready = self.copies.ready(sources)
         clock = self.profile.links.setup_ms
-        load, exe, dha, forward = self.load, self.exec, self.dha, self.forward
+        exe, dha = self.exec, self.dha
         for i, src in enumerate(sources):
             if src == DHA:
                 clock += dha[i]
-                continue
-            ready = h2d_free[src] + load[i] * scale
-            h2d_free[src] = ready
-            if src:
-                ready = (ready if ready > fwd_free[src] else fwd_free[src]) + forward[i]
-                fwd_free[src] = ready
-            clock = (clock if clock > ready else ready) + exe[i]
+            else:
+                clock = (clock if clock > ready[i] else ready[i]) + exe[i]
         return clock + self.profile.links.tail_ms
 
 

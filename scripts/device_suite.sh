@@ -43,10 +43,11 @@ for step in $steps; do
             --out "$L/triton_eager" --models bert-base resnet50 --instances 8 --budget 2GiB --skip-load-compare ;;
         engine) run engine_standalone 120 python3 -m benchmark --table -m bert-base -m resnet50 --make-plans \
             -p "$L/plans" --configs demand:0 deepplan:0,1 -n 8 --warmup 2 -o "$L/engine_standalone.csv" ;;
-        # --graphs: the backend's default regime; FIG10_ARGS="" gives the eager table of session 1
+        # --graphs: the backend's default regime; FIG10_ARGS="" gives the eager table of session 1.
+        # FIG10_MODELS (default --all) orders or narrows the models, e.g. "-m resnet50 -m bert-base".
         # shellcheck disable=SC2086
-        fig10) run fig10 560 python3 -m benchmark --table --all --make-plans -p "$L/plans" -n 8 --warmup 2 \
-            ${FIG10_ARGS---graphs} -o "$L/fig10.csv" ;;
+        fig10) run fig10 560 python3 -m benchmark --table ${FIG10_MODELS:---all} --make-plans -p "$L/plans" \
+            ${FIG10_ARGS---graphs -n 8 --warmup 2} -o "$L/fig10.csv" ;;
         scale) run scale 300 python3 -m benchmark.triton_scale --model bert-base \
             --points shared:8 shared:200 instance:4 instance:8 --budget 2GiB --out "$L/scale" ;;
         # shellcheck disable=SC2086  # FIG12_INSTANCES is a list

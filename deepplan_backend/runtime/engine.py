@@ -19,16 +19,13 @@ import torch
 from torch import nn
 
 from .arena import Arena, make_arena
+from .chunking import chunk_runs
 from .graphs import MAX_SHAPES, CapturedForward, Signature, capture_forward, shared_pool, signature
 from .host_store import HostStore
 from .layers import LayerTable
 from .plan import DHA, LoadSchedule
 from .transfer import CopyJob, DeviceError, make_copy_engine
 from .zoo import DTYPES, ZooModel
-
-CHUNK_BYTES = 2 << 20
-"""Consecutive layers are copied together until a chunk holds this many bytes: fewer copies, events and waits
-(ResNet-50 has ~100 small conv/BN layers), at the price of the first layer waiting for a little more."""
 
 Assignment = tuple[dict, str, torch.Tensor]
 """(module._parameters or module._buffers, attribute, tensor): one write that binds a weight."""
@@ -318,33 +315,18 @@ class ColdStartEngine:
         return layout
 
     def _chunks(self, schedule: LoadSchedule, offsets: dict[int, int]) -> tuple[list[_Chunk], dict[int, int]]:
-        """Group consecutive copied layers of one slot into chunks of at least CHUNK_BYTES."""
+        """The schedule's copies as `chunk_runs` groups them (the planner predicts the same ones)."""
         table = self.store.table
         chunks: list[_Chunk] = []
         chunk_of: dict[int, int] = {}
-        open_chunk: list[int] = []
-
-        def close() -> None:
-            if open_chunk:
-                first, last = open_chunk[0], open_chunk[-1]
-                start = table.offsets[first]
-                nbytes = table.offsets[last] + table.layers[last].nbytes - start
-                if nbytes:
-                    for i in open_chunk:
-                        chunk_of[i] = len(chunks)
-                    chunks.append(_Chunk(schedule.sources[first], start, offsets[first], nbytes))
-                open_chunk.clear()
-
-        for i, src in enumerate(schedule.sources):
-            if open_chunk and (src != schedule.sources[open_chunk[-1]] or i != open_chunk[-1] + 1):
-                close()
-            if src == DHA:
-                continue
-            open_chunk.append(i)
-            first = open_chunk[0]
-            if table.offsets[i] + table.layers[i].nbytes - table.offsets[first] >= CHUNK_BYTES:
-                close()
-        close()
+        for run in chunk_runs(schedule.sources, table.nbytes):
+            first, last = run[0], run[-1]
+            start = table.offsets[first]
+            nbytes = table.offsets[last] + table.layers[last].nbytes - start
+            if nbytes:  # a run of layers that only share others' weights has nothing to copy or wait for
+                for i in run:
+                    chunk_of[i] = len(chunks)
+                chunks.append(_Chunk(schedule.sources[first], start, offsets[first], nbytes))
         return chunks, chunk_of
 
     def _waits(self, chunk_of: dict[int, int]) -> tuple[list[int], list[tuple[str, list[int]]]]:

@@ -256,6 +256,7 @@ def plan_or_make(prepared: PreparedModel, settings: ServeSettings, devices: list
     """
     from planner.planning import make_plan
     from planner.profiler import profile_model
+    from planner.validation import validate_plan
 
     graphs = settings.graphs and devices[0].type == "cuda"  # graphs are ignored on CPU, and so is their regime
     key = prepared.plan_key(settings.plan_batch, settings.seq_len, gpu_name(devices[0]), graphs=graphs)
@@ -289,6 +290,7 @@ def plan_or_make(prepared: PreparedModel, settings: ServeSettings, devices: list
             )
             created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             plan = make_plan(profile, counts, created)
+            plan, _ = validate_plan(plan, prepared, devices, settings.plan_batch, settings.seq_len, graphs, 1, 3)
             save_plan(repo, plan)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # profiling's scratch memory goes back to the driver, not held by the cache

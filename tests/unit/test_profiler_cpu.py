@@ -101,11 +101,13 @@ def test_measure_links_on_cpu() -> None:
 
 
 def test_host_terms_are_fitted_from_cold_start_milestones() -> None:
+    from deepplan_backend.runtime.chunking import CHUNK_BYTES
     from deepplan_backend.runtime.engine import ColdPhases, InferenceResult
     from deepplan_backend.runtime.plan import LayerProfile, LinkProfile, PlanKey
     from planner.profiler import fit_host_terms
 
-    layers = (LayerProfile(0, "a", 10, 2.0, 1.0, 5.0), LayerProfile(1, "b", 10, 1.0, 1.0, 5.0))
+    # layers of a whole chunk each, so each copy costs its profiled load time
+    layers = (LayerProfile(0, "a", CHUNK_BYTES, 2.0, 1.0, 5.0), LayerProfile(1, "b", CHUNK_BYTES, 1.0, 1.0, 5.0))
     profile = ModelProfile(PlanKey("toy", 1, 8, "float32", "cpu"), "fp", layers, LinkProfile(10.0, 10.0), 2.0)
     out = torch.zeros(1)
 

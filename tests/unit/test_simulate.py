@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from deepplan_backend.runtime.chunking import CHUNK_BYTES
 from deepplan_backend.runtime.plan import (
     DHA,
     LayerProfile,
@@ -16,9 +17,11 @@ from deepplan_backend.runtime.plan import (
     PlanError,
     PlanKey,
 )
-from planner.simulate import CostModel, predict, predict_demand, simulate
+from planner.simulate import CostModel, copy_overhead_ms, predict, predict_demand, simulate
 
 KEY = PlanKey("toy", 1, 8, "float32", "Test GPU")
+CHUNK = CHUNK_BYTES
+"""A layer of this size is a chunk of its own, so its copy costs exactly its profiled load time."""
 
 
 def profile(rows, *, h2d=10.0, p2p=100.0, concurrent=None) -> ModelProfile:
@@ -29,7 +32,7 @@ def profile(rows, *, h2d=10.0, p2p=100.0, concurrent=None) -> ModelProfile:
 
 def test_single_link_pipeline_matches_hand_timeline():
     # loads 2,1,3 on one queue -> ready 2,3,6; exec 1 each -> starts 2,3,6 ; ends 3,4,7
-    p = profile([(10, 2.0, 1.0, 9.0), (10, 1.0, 1.0, 9.0), (10, 3.0, 1.0, 9.0)])
+    p = profile([(CHUNK, 2.0, 1.0, 9.0), (CHUNK, 1.0, 1.0, 9.0), (CHUNK, 3.0, 1.0, 9.0)])
     r = simulate(p, LoadSchedule.all_on_target(3))
     assert r.ready_ms == (2.0, 3.0, 6.0)
     assert r.start_ms == (2.0, 3.0, 6.0)
@@ -51,12 +54,12 @@ def test_dha_layer_ready_at_zero_and_uses_dha_time():
 
 
 def test_peer_copies_then_forwards_with_overlap_and_contention():
-    # 1 GB/s over NVLink: a 1e6-byte layer forwards in 1 ms. Two slots in use, aggregate 10 GB/s for 2 links
+    # NVLink at CHUNK bytes per ms: a layer forwards in 1 ms. Two slots in use, aggregate 10 GB/s for 2 links
     # -> 5 GB/s each -> copies take twice as long.
     p = profile(
-        [(1_000_000, 1.0, 0.5, 99.0), (1_000_000, 1.0, 0.5, 99.0), (1_000_000, 1.0, 0.5, 99.0)],
+        [(CHUNK, 1.0, 0.5, 99.0), (CHUNK, 1.0, 0.5, 99.0), (CHUNK, 1.0, 0.5, 99.0)],
         h2d=10.0,
-        p2p=1.0,
+        p2p=CHUNK / 1e6,
         concurrent={2: 10.0},
     )
     r = simulate(p, LoadSchedule((0, 1, 1), 2))
@@ -90,7 +93,7 @@ def test_demand_copies_all_bytes_then_runs():
 
 
 def test_predict_dispatch_and_errors():
-    p = profile([(10, 2.0, 1.0, 1.0), (10, 1.0, 1.0, 9.0)])
+    p = profile([(CHUNK, 2.0, 1.0, 1.0), (CHUNK, 1.0, 1.0, 9.0)])
     assert predict(p, "pipeline", LoadSchedule.all_on_target(2)).total_ms == 4.0
     assert predict(p, "deepplan", LoadSchedule((DHA, 0), 1)).total_ms == 2.0
     with pytest.raises(PlanError, match="unknown engine"):
@@ -127,7 +130,9 @@ def _with_host(p: ModelProfile, copy_start: float, setup: float, tail: float) ->
 
 def test_host_terms_shift_copies_delay_execution_and_end_with_the_tail():
     # copies can only start once memory is mapped (0.5): ready 2.5, 3.5; execution from 1.0 at the earliest
-    p = _with_host(profile([(10, 2.0, 1.0, 0.25), (10, 1.0, 1.0, 9.0)]), copy_start=0.5, setup=1.0, tail=0.25)
+    p = _with_host(
+        profile([(CHUNK, 2.0, 1.0, 0.25), (CHUNK, 1.0, 1.0, 9.0)], h2d=1e6), copy_start=0.5, setup=1.0, tail=0.25
+    )
     r = simulate(p, LoadSchedule.all_on_target(2))
     assert r.ready_ms == pytest.approx((2.5, 3.5))
     assert r.start_ms == pytest.approx((2.5, 3.5))
@@ -149,3 +154,42 @@ def test_cost_model_agrees_with_the_simulator_with_host_terms():
     model = CostModel(p)
     for sources, n in (((0, 0, 0), 1), ((DHA, 1, 0), 2), ((1, 1, DHA), 2), ((DHA, DHA, DHA), 1)):
         assert model.total(sources) == pytest.approx(simulate(p, LoadSchedule(sources, n)).total_ms)
+
+
+def test_small_layers_travel_in_one_chunk_at_link_speed_plus_one_copy_cost():
+    # four 1 MB layers at 1 GB/s stream in 1 ms each; each was profiled at 1.5 ms (0.5 ms fixed cost per copy).
+    # Merged: 2 MB-chunks would need 2,097,152 bytes, so layers 0-2 make one chunk (3 MB) and layer 3 is alone.
+    p = profile([(1_000_000, 1.5, 0.1, 9.0)] * 4, h2d=1.0)
+    assert copy_overhead_ms(p) == pytest.approx(0.5)
+    r = simulate(p, LoadSchedule.all_on_target(4))
+    # chunk 0: 3 ms of bytes + 0.5 ms once -> every layer of it ready at 3.5; layer 3 alone: its own 1.5 ms
+    assert r.ready_ms == pytest.approx((3.5, 3.5, 3.5, 5.0))
+    assert r.total_ms == pytest.approx(5.1)
+    assert CostModel(p).total((0, 0, 0, 0)) == pytest.approx(r.total_ms)
+
+
+def test_a_dha_layer_cuts_a_chunk_and_saves_only_its_bytes():
+    p = profile([(1_000_000, 1.5, 0.1, 0.2)] * 3, h2d=1.0)
+    # layer 1 by DHA: layers 0 and 2 are chunks of their own again, each paying its full profiled copy
+    r = simulate(p, LoadSchedule((0, DHA, 0), 1))
+    assert r.ready_ms == pytest.approx((1.5, 0.0, 3.0))
+    # all copied: one 3 MB chunk, 3.5 ms; so DHA on layer 1 saves 0.5 ms, not the 1.5 ms of its own profile
+    assert simulate(p, LoadSchedule.all_on_target(3)).ready_ms == pytest.approx((3.5, 3.5, 3.5))
+
+
+def test_layers_with_no_bytes_of_their_own_wait_for_nothing():
+    # a tied head (0 own bytes) after a DHA layer: the engine has no copy to wait for, nor does the model
+    p = profile([(CHUNK, 1.0, 0.5, 0.5), (0, 0.01, 0.5, 0.5)])
+    r = simulate(p, LoadSchedule((DHA, 0), 1))
+    assert r.ready_ms == (0.0, 0.0)
+    assert r.total_ms == pytest.approx(1.0)
+
+
+def test_the_engine_copies_the_chunks_the_simulator_predicts():
+    from deepplan_backend.runtime.chunking import chunk_runs
+
+    sizes = [CHUNK // 2, CHUNK // 2, CHUNK // 4, CHUNK, 10, 10]
+    assert chunk_runs((0, 0, 0, 0, 0, 0), sizes) == [[0, 1], [2, 3], [4, 5]]
+    assert chunk_runs((0, DHA, 0, 1, 1, DHA), sizes) == [[0], [2], [3], [4]]
+    with pytest.raises(ValueError, match="3 sources for 2 layer sizes"):
+        chunk_runs((0, 0, 0), [1, 2])

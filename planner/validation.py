@@ -1,0 +1,112 @@
+"""Check a plan's DeepPlan variants against plain pipelining on the devices themselves.
+
+The simulator picks DHA layers and the PT split from per-layer profiles taken one effect at a time. What it
+cannot see — DHA reads slowed by copies running at the same time, a peer GPU's issue cost, a ResNet's many DHA
+layers cutting its copies into small pieces — can turn a predicted gain into a real loss (seen on 4 x H200:
+ResNet-50 DHA+PT 2.28 ms against 1.77 ms for plain pipelining). Every deepplan variant whose schedule differs
+from the pipeline variant's is therefore timed against it, on the same devices, in alternating cold starts;
+one slower by more than `MARGIN` is replaced by the pipeline schedule, which is always a valid DeepPlan
+schedule (no DHA, the even split). Predictions stay the simulator's: they are what the plan is judged by.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+from collections.abc import Sequence
+
+import torch
+
+from deepplan_backend.runtime.engine import ColdStartEngine
+from deepplan_backend.runtime.plan import LoadSchedule, Plan, PlanVariant
+from deepplan_backend.runtime.prepared import PreparedModel
+
+MARGIN = 0.03
+"""A DeepPlan schedule is kept unless its median cold start is this much slower than pipelining's: within it,
+the two are the same to the noise of a few cold starts, and the planner's choice stands."""
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The outcome of timing one deepplan variant against the pipeline variant on the same devices."""
+
+    num_devices: int
+    deepplan_ms: float
+    pipeline_ms: float
+
+    @property
+    def keeps_plan(self) -> bool:
+        """Whether the planned schedule stays (not slower than pipelining beyond the margin)."""
+        return self.deepplan_ms <= self.pipeline_ms * (1.0 + MARGIN)
+
+    def describe(self) -> str:
+        """One line for the planner's output."""
+        outcome = "kept" if self.keeps_plan else "replaced by the pipeline schedule"
+        return (
+            f"deepplan x{self.num_devices}: measured {self.deepplan_ms:.3f} ms vs pipeline "
+            f"{self.pipeline_ms:.3f} ms -> {outcome}"
+        )
+
+
+def _cold_medians(
+    engine: ColdStartEngine,
+    inputs: dict[str, torch.Tensor],
+    schedules: Sequence[LoadSchedule],
+    warmup: int,
+    repeats: int,
+) -> list[float]:
+    """Median cold-start latency of each schedule, sampled in alternation so drifts hit them alike."""
+    if engine.graphs:  # each schedule's forward is captured on its first warm request; cold starts replay it
+        for schedule in schedules:
+            engine.evict()
+            engine.infer(inputs, schedule)
+            engine.infer(inputs, schedule)
+    samples: list[list[float]] = [[] for _ in schedules]
+    for k in range(warmup + repeats):
+        for column, schedule in zip(samples, schedules, strict=True):
+            engine.evict()
+            latency = engine.infer(inputs, schedule).latency_ms
+            if k >= warmup:
+                column.append(latency)
+    engine.evict()
+    return [statistics.median(column) for column in samples]
+
+
+def validate_plan(
+    plan: Plan,
+    prepared: PreparedModel,
+    devices: Sequence[torch.device],
+    batch_size: int = 1,
+    seq_len: int | None = None,
+    graphs: bool = False,
+    warmup: int = 2,
+    repeats: int = 5,
+) -> tuple[Plan, list[Verdict]]:
+    """Time each deepplan variant against pipelining on `devices[:n]` and replace the ones that lose.
+
+    Returns the (possibly) updated plan and one verdict per variant timed; variants whose schedule already is
+    the pipeline schedule, or that need more devices than given, are not timed. The devices are left empty.
+    """
+    inputs = prepared.model.example_inputs(batch_size, seq_len)
+    variants = list(plan.variants)
+    verdicts: list[Verdict] = []
+    for pos, variant in enumerate(variants):
+        if variant.engine != "deepplan" or variant.num_devices > len(devices):
+            continue
+        pipeline = plan.variant("pipeline", variant.num_devices)
+        if variant.schedule == pipeline.schedule:
+            continue
+        engine = ColdStartEngine(prepared.model, prepared.store, list(devices[: variant.num_devices]), graphs=graphs)
+        try:
+            deep_ms, pipe_ms = _cold_medians(engine, inputs, [variant.schedule, pipeline.schedule], warmup, repeats)
+        finally:
+            engine.close()
+        verdict = Verdict(variant.num_devices, deep_ms, pipe_ms)
+        verdicts.append(verdict)
+        log.info("%s: %s", plan.key.model, verdict.describe())
+        if not verdict.keeps_plan:
+            variants[pos] = PlanVariant("deepplan", variant.num_devices, pipeline.schedule, pipeline.predicted_ms)
+    return dataclasses.replace(plan, variants=tuple(variants)), verdicts
