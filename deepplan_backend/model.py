@@ -37,6 +37,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from deepplan_backend.runtime.answer import TRACE_ENV
+from deepplan_backend.runtime.gc_pauses import freeze_long_lived
 
 if TYPE_CHECKING:  # the front end imports only what its `process` mode needs
     from deepplan_backend.hosting.host_client import HostedModel
@@ -123,6 +124,7 @@ class TritonPythonModel:
         self._stop = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_metrics, name="deepplan-metrics", daemon=True)
         self._refresher.start()
+        freeze_long_lived()  # the model's objects live as long as it does: keep collector passes from scanning them
         plan = "planned now" if info["planned_now"] else "plan from repository"
         print(
             f"deepplan: {args['model_instance_name']} ready: {info['model']} {info['dtype']} engine={info['engine']} "

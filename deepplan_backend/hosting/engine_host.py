@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from deepplan_backend.runtime.gc_pauses import freeze_long_lived
+
 from .wire import WireError, recv_message, send_message
 
 LINGER_S = 3.0
@@ -153,6 +155,7 @@ class _Host:
         except Exception as exc:  # bad config, plan refused, device missing: the load fails with this reason
             send_message(conn, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
             return None
+        freeze_long_lived()  # this model's objects stay for its lifetime: no collector pass should scan them again
         try:
             send_message(conn, {"ok": True, "info": {**served.describe(), "pid": os.getpid()}})
         except OSError:  # the front end left while we prepared the model: do not keep it registered
