@@ -38,7 +38,13 @@ def test_a_frozen_served_model_is_freed_on_close_without_a_collection(
 ) -> None:
     # A frozen object in a reference cycle is never freed: this fails if a served model ever holds one.
     settings = ServeSettings.from_parameters(
-        {"model": model, "engine": "deepplan", "plan_repository": str(tmp_path / "plans"), "budget": "64MiB"},
+        {
+            "model": model,
+            "engine": "deepplan",
+            "plan_repository": str(tmp_path / "plans"),
+            "residency_dir": str(tmp_path / "state"),  # not the shared /dev/shm default
+            "budget": "64MiB",
+        },
         model_dir=tmp_path,
     )
     served = ServedModel(settings, f"{model}#gc", 2, None)
