@@ -378,6 +378,11 @@ def make_reference(model: str, args: argparse.Namespace, lay: Layout) -> Referen
 # ---- server and client -------------------------------------------------------------------------------------------
 
 
+def _model_of(instance: str) -> str:
+    """The Triton model of an instance name (`<model>_<group>_<index>`, also the start of a residency key)."""
+    return instance.rsplit("_", 2)[0]
+
+
 class ServerLog:
     """Sink for the server's log: ``server.log``, progress echo of backend lines and errors, PT lines parsed."""
 
@@ -395,13 +400,13 @@ class ServerLog:
         t = TRACE_LINE.search(line)
         if t:
             if t["kind"] == "cold":
-                model = t["instance"].rsplit("_", 2)[0]
+                model = _model_of(t["instance"])
                 fields = {k: float(v) for k, v in TRACE_FIELD.findall(t["fields"])}
                 self.cold_traces.setdefault(model, []).append(fields)
             return  # one per request: in server.log only
         m = READY_LINE.search(line)
         if m:
-            model = m["instance"].rsplit("_", 2)[0]
+            model = _model_of(m["instance"])
             self.ready[model] = {
                 "devices": re.findall(r"'([^']+)'", m["devices"]),
                 "plan": m["plan"],
@@ -687,7 +692,7 @@ class Bench:
 
     def resident(self, snap: dict) -> dict[str, bool]:
         """Triton model name -> resident."""
-        return {k.rsplit("_", 2)[0]: bool(e["resident"]) for k, e in snap["models"].items()}
+        return {_model_of(k): bool(e["resident"]) for k, e in snap["models"].items()}
 
     def used_bytes(self, snap: dict) -> int:
         """Bytes counted against the budget of the models' target device."""

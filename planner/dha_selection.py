@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Sequence
 
 from deepplan_backend.runtime.plan import LoadSchedule, ModelProfile, PlanError
 from planner.partition import even_byte_split
-from planner.simulate import CostModel, copy_saved_ms, copy_scale, execute, ready_times
+from planner.simulate import CostModel, copy_saved_ms, copy_scale
 
 DHA_LOAD_FACTOR = 1.5
 """A layer is never a DHA candidate if its DHA time exceeds exec + this x load (original DeepPlan's bound)."""
@@ -59,9 +59,9 @@ def candidate_rank(
     return (ratio, -saved, index)
 
 
-def _stall_at(profile: ModelProfile, schedule: LoadSchedule, begin: int) -> tuple[int | None, float]:
+def _stall_at(cost: CostModel, schedule: LoadSchedule, begin: int) -> tuple[int | None, float]:
     """First stalled layer at or after `begin` under `schedule`, and the predicted total."""
-    result = execute(profile, schedule.sources, ready_times(profile, schedule))
+    result = cost.timeline(schedule.sources)
     return result.first_stall(begin), result.total_ms
 
 
@@ -84,7 +84,7 @@ def select_dha_layers(
     max_scale = max(copy_scale(profile, k) for k in range(1, num_devices + 1))
     saved = copy_saved_ms(profile)
     schedule = partition(profile, dha, num_devices)
-    stall, total = _stall_at(profile, schedule, 0)
+    stall, total = _stall_at(cost, schedule, 0)
     while stall is not None:
         stalled = stall
         candidates = sorted(
@@ -104,8 +104,8 @@ def select_dha_layers(
             schedule, total = trial, trial_total
             if j == stalled:
                 break  # a DHA layer is ready at t=0, so this stall is gone
-            now, _ = _stall_at(profile, schedule, stalled)
+            now, _ = _stall_at(cost, schedule, stalled)
             if now != stalled:
                 break
-        stall, total = _stall_at(profile, schedule, stalled + 1)
+        stall, total = _stall_at(cost, schedule, stalled + 1)
     return schedule

@@ -284,21 +284,30 @@ def fit_host_terms(profile: ModelProfile, measured: Sequence[InferenceResult]) -
     return dataclasses.replace(links, tail_ms=tail)
 
 
-def _pipelined_cold_starts(
-    engine: ColdStartEngine, inputs: dict[str, torch.Tensor], num_layers: int, warmup: int, repeats: int
-) -> list[InferenceResult]:
-    """Real pipelined cold starts of every layer over the target's link (replayed as graphs if the engine does)."""
-    schedule = LoadSchedule.all_on_target(num_layers)
-    if engine.graphs:  # capture the pipelined forward (on its first warm request) before timing cold starts
-        engine.evict()
-        engine.infer(inputs, schedule)
-        engine.infer(inputs, schedule)
-    measured = []
+def cold_starts(
+    engine: ColdStartEngine,
+    inputs: dict[str, torch.Tensor],
+    schedules: Sequence[LoadSchedule],
+    warmup: int,
+    repeats: int,
+) -> list[list[InferenceResult]]:
+    """`repeats` real cold starts of each schedule after `warmup` rounds; the device is left empty.
+
+    The schedules are sampled in alternation, so that drifts hit them alike. With graphs, each schedule's forward
+    is captured (on its first warm request) before any cold start is timed, so every timed one replays it.
+    """
+    if engine.graphs:
+        for schedule in schedules:
+            engine.evict()
+            engine.infer(inputs, schedule)
+            engine.infer(inputs, schedule)
+    measured: list[list[InferenceResult]] = [[] for _ in schedules]
     for k in range(warmup + repeats):
-        engine.evict()
-        result = engine.infer(inputs, schedule)
-        if k >= warmup:
-            measured.append(result)
+        for column, schedule in zip(measured, schedules, strict=True):
+            engine.evict()
+            result = engine.infer(inputs, schedule)
+            if k >= warmup:
+                column.append(result)
     engine.evict()
     return measured
 
@@ -352,7 +361,7 @@ def profile_model(
         profile = ModelProfile(
             key=key, fingerprint=prepared.fingerprint, layers=layers, links=measure_links(devices), warm_ms=warm_ms
         )
-        colds = _pipelined_cold_starts(engine, inputs, n, warmup, repeats)
+        colds = cold_starts(engine, inputs, [LoadSchedule.all_on_target(n)], warmup, repeats)[0]
         profile = dataclasses.replace(profile, links=fit_host_terms(profile, colds))
         steps.update()
     finally:

@@ -231,6 +231,10 @@ class CostModel:
         """Cached `copy_scale` for this profile."""
         return self.copies.scale(slots_in_use)
 
+    def timeline(self, sources: Sequence[int]) -> SimResult:
+        """The whole predicted timeline of the schedule with per-layer `sources` (what `simulate` returns)."""
+        return execute(self.profile, sources, self.copies.ready(sources))
+
     def total(self, sources: Sequence[int]) -> float:
         """Predicted latency of the schedule with per-layer `sources` (same rules as `simulate`)."""
         ready = self.copies.ready(sources)

@@ -21,6 +21,7 @@ import torch
 from deepplan_backend.runtime.engine import ColdStartEngine
 from deepplan_backend.runtime.plan import LoadSchedule, Plan, PlanVariant
 from deepplan_backend.runtime.prepared import PreparedModel
+from planner.profiler import cold_starts
 
 MARGIN = 0.03
 """A DeepPlan schedule is kept unless its median cold start is this much slower than pipelining's: within it,
@@ -58,21 +59,9 @@ def _cold_medians(
     warmup: int,
     repeats: int,
 ) -> list[float]:
-    """Median cold-start latency of each schedule, sampled in alternation so drifts hit them alike."""
-    if engine.graphs:  # each schedule's forward is captured on its first warm request; cold starts replay it
-        for schedule in schedules:
-            engine.evict()
-            engine.infer(inputs, schedule)
-            engine.infer(inputs, schedule)
-    samples: list[list[float]] = [[] for _ in schedules]
-    for k in range(warmup + repeats):
-        for column, schedule in zip(samples, schedules, strict=True):
-            engine.evict()
-            latency = engine.infer(inputs, schedule).latency_ms
-            if k >= warmup:
-                column.append(latency)
-    engine.evict()
-    return [statistics.median(column) for column in samples]
+    """Median cold-start latency of each schedule (sampled in alternation, see `cold_starts`)."""
+    columns = cold_starts(engine, inputs, schedules, warmup, repeats)
+    return [statistics.median(r.latency_ms for r in column) for column in columns]
 
 
 def validate_plan(
