@@ -41,6 +41,8 @@ class Measurement:
     """Largest |output - reference| over every cold and warm output of this configuration (see the module doc)."""
     graph_replayed: bool = False
     """Whether the cold starts replayed a captured CUDA graph (False: eager, by choice or because capture failed)."""
+    cold_setup_ms: float = 0.0
+    """Median host set-up of the cold starts: request to the forward's first launch (mapping, issuing, binding)."""
     reference_finite: bool = True
     """Whether the reference output (the first configuration's) is finite: a model that overflows in a dtype (e.g.
     a deep ResNet with random weights in float16) cannot tell right from wrong."""
@@ -83,6 +85,7 @@ def measure_interleaved(
         engines.append(ColdStartEngine(prepared.model, prepared.store, list(run.devices), graphs=run.graphs))
     cold: list[list[float]] = [[] for _ in runs]
     warm: list[list[float]] = [[] for _ in runs]
+    setup: list[list[float]] = [[] for _ in runs]
     copied = [0] * len(runs)
     diff = [0.0] * len(runs)
     reference: torch.Tensor | None = None
@@ -102,6 +105,7 @@ def measure_interleaved(
                 if k >= warmup:
                     cold[i].append(first.latency_ms)
                     warm[i].append(second.latency_ms)
+                    setup[i].append(first.phases.launch_ms if first.phases is not None else 0.0)
                     copied[i] = first.copied_bytes
         # A graph is captured at an engine's first warm request, so by now it is settled whether cold starts replay one.
         replayed = [e.replays_graph(schedule, inputs) for e, (schedule, _) in zip(engines, schedules, strict=True)]
@@ -123,6 +127,7 @@ def measure_interleaved(
             samples=len(cold[i]),
             max_abs_diff=diff[i],
             graph_replayed=replayed[i],
+            cold_setup_ms=statistics.median(setup[i]),
             reference_finite=finite,
         )
         for i, run in enumerate(runs)

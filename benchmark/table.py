@@ -22,6 +22,7 @@ COLUMNS = (
     "dtype",
     "cold_ms",
     "cold_mean_ms",
+    "cold_setup_ms",
     "warm_ms",
     "limit_ms",
     "predicted_ms",

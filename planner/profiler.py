@@ -264,24 +264,58 @@ def fold_shared_penalties(table: LayerTable, exec_ms: list[float], dha_ms: list[
     return folded
 
 
-def fit_host_terms(profile: ModelProfile, measured: Sequence[InferenceResult]) -> LinkProfile:
-    """The profile's links with the host terms of a cold start, from real cold starts of `all_on_target`.
+MIN_COPY_EFFICIENCY = 0.2
+"""Lowest copy efficiency a fit may return: below it the cold starts measured something other than copies."""
 
-    `copy_start_ms` and `setup_ms` are the medians of the cold starts' own milestones (memory mapped; copies
-    issued and weights bound). `tail_ms` is what is left of the measured latency after simulating with them:
-    the output's return and whatever the per-layer model misses (e.g. host time per chunk wait).
+
+def fit_host_terms(
+    profile: ModelProfile, pipelined: Sequence[InferenceResult], demand: Sequence[InferenceResult]
+) -> LinkProfile:
+    """The profile's links with the host terms of a cold start, fitted on real cold starts of `all_on_target`.
+
+    - `copy_start_ms` and `setup_ms` are the medians of the pipelined cold starts' own milestones (memory
+      mapped; copies issued and weights bound).
+    - `tail_ms` is what On-Demand cold starts (`demand`) take beyond the model: one transfer at the probed link
+      speed, then the forward. It holds the output's return and host work after the last layer.
+    - `copy_efficiency` is then the fraction of the link speed at which the simulated pipelined cold start
+      takes as long as the measured one (at most 1: a model that is faster than measured at full speed is
+      execution-bound, and copies are not what it misses).
+
+    Two terms from two kinds of cold start: a single additive tail fitted on pipelining alone was right for that
+    schedule only; it charged copy slowdowns to On-Demand and PT, and execution slowdowns to DHA schedules.
     """
-    from .simulate import simulate
+    from .simulate import predict_demand, simulate
 
-    phases = [r.phases for r in measured if r.phases is not None]
-    if not phases:
-        raise PlanError(f"{profile.key.model}: no cold start to fit the host terms on")
+    phases = [r.phases for r in pipelined if r.phases is not None]
+    if not phases or not demand:
+        raise PlanError(f"{profile.key.model}: no pipelined and On-Demand cold starts to fit the host terms on")
     copy_start = statistics.median(p.mapped_ms for p in phases)
     setup = max(copy_start, statistics.median(p.launch_ms for p in phases))
-    links = dataclasses.replace(profile.links, copy_start_ms=copy_start, setup_ms=setup, tail_ms=0.0)
-    simulated = simulate(dataclasses.replace(profile, links=links), LoadSchedule.all_on_target(len(profile.layers)))
-    tail = max(0.0, statistics.median(r.latency_ms for r in measured) - simulated.total_ms)
-    return dataclasses.replace(links, tail_ms=tail)
+    links = dataclasses.replace(
+        profile.links, copy_start_ms=copy_start, setup_ms=setup, tail_ms=0.0, copy_efficiency=1.0
+    )
+    demand_ms = statistics.median(r.latency_ms for r in demand)
+    tail = max(0.0, demand_ms - predict_demand(dataclasses.replace(profile, links=links)).total_ms)
+    links = dataclasses.replace(links, tail_ms=tail)
+    target_ms = statistics.median(r.latency_ms for r in pipelined)
+    schedule = LoadSchedule.all_on_target(len(profile.layers))
+
+    def predicted(efficiency: float) -> float:
+        fitted = dataclasses.replace(links, copy_efficiency=efficiency)
+        return simulate(dataclasses.replace(profile, links=fitted), schedule).total_ms
+
+    if predicted(1.0) >= target_ms:
+        return links
+    low, high = MIN_COPY_EFFICIENCY, 1.0  # predicted() falls as the efficiency rises
+    if predicted(low) <= target_ms:
+        return dataclasses.replace(links, copy_efficiency=low)
+    for _ in range(30):  # 2**-30 of the interval: far below what a cold start can resolve
+        mid = (low + high) / 2
+        if predicted(mid) > target_ms:
+            low = mid
+        else:
+            high = mid
+    return dataclasses.replace(links, copy_efficiency=(low + high) / 2)
 
 
 def cold_starts(
@@ -290,26 +324,53 @@ def cold_starts(
     schedules: Sequence[LoadSchedule],
     warmup: int,
     repeats: int,
+    overlaps: Sequence[bool] | None = None,
 ) -> list[list[InferenceResult]]:
     """`repeats` real cold starts of each schedule after `warmup` rounds; the device is left empty.
 
+    `overlaps[i]` False runs schedule i On-Demand (copy all, then run); default: every schedule pipelined.
     The schedules are sampled in alternation, so that drifts hit them alike. With graphs, each schedule's forward
     is captured (on its first warm request) before any cold start is timed, so every timed one replays it.
     """
+    modes = list(overlaps) if overlaps is not None else [True] * len(schedules)
+    if len(modes) != len(schedules):
+        raise ValueError(f"{len(modes)} overlap flags for {len(schedules)} schedules")
     if engine.graphs:
-        for schedule in schedules:
+        for schedule, overlap in zip(schedules, modes, strict=True):
             engine.evict()
-            engine.infer(inputs, schedule)
-            engine.infer(inputs, schedule)
+            engine.infer(inputs, schedule, overlap)
+            engine.infer(inputs, schedule, overlap)
     measured: list[list[InferenceResult]] = [[] for _ in schedules]
     for k in range(warmup + repeats):
-        for column, schedule in zip(measured, schedules, strict=True):
+        for column, schedule, overlap in zip(measured, schedules, modes, strict=True):
             engine.evict()
-            result = engine.infer(inputs, schedule)
+            result = engine.infer(inputs, schedule, overlap)
             if k >= warmup:
                 column.append(result)
     engine.evict()
     return measured
+
+
+def _engine_warm_ms(
+    engine: ColdStartEngine, inputs: dict[str, torch.Tensor], schedule: LoadSchedule, warmup: int, repeats: int
+) -> float:
+    """Median latency of the engine's own warm requests (resident weights; a graph replay with graphs)."""
+    for _ in range(max(warmup, 2)):  # with graphs, the first warm request captures
+        engine.infer(inputs, schedule)
+    return statistics.median(engine.infer(inputs, schedule).latency_ms for _ in range(repeats))
+
+
+def _to_engine_speed(exec_ms: list[float], dha_ms: list[float], scale: float) -> tuple[list[float], list[float]]:
+    """Per-layer times stretched so the forward takes as long as the engine's warm request (if that is longer).
+
+    The spans add up to the forward as PyTorch runs it hook by hook; the engine's request replays a captured
+    graph (or runs eager) and returns the output, which on an H200 took up to 1.5x longer for BERT-Large. The
+    cold start runs the engine's forward, so its layers are charged at that speed. A DHA span keeps its penalty
+    (PCIe reads) on top of the stretched execution.
+    """
+    if scale <= 1.0:
+        return exec_ms, dha_ms
+    return [t * scale for t in exec_ms], [d + t * (scale - 1.0) for t, d in zip(exec_ms, dha_ms, strict=True)]
 
 
 def profile_model(
@@ -338,11 +399,13 @@ def profile_model(
     regime = "graphs" if graphs else "eager"
     steps = tqdm(total=5, desc=f"profile {prepared.model.name} ({regime})", disable=not progress, unit="step")
     try:
-        engine.infer(inputs, LoadSchedule.all_on_target(n))  # provision: every layer resident
+        resident = LoadSchedule.all_on_target(n)
+        engine.infer(inputs, resident)  # provision: every layer resident
         steps.update()
         exec_ms = _median_runs(lambda: _segment_times(engine, inputs, clock), warmup, repeats)
         warm_ms = _median_runs(lambda: _forward_ms(engine, inputs, clock), warmup, repeats)[0]
         exec_ms = _calibrated(exec_ms, warm_ms)
+        engine_warm_ms = _engine_warm_ms(engine, inputs, resident, warmup, repeats)
         steps.update()
         engine.evict()
         engine.infer(inputs, LoadSchedule((DHA,) * n))  # every layer read in place from host memory
@@ -353,16 +416,21 @@ def profile_model(
         load_ms = _median_runs(lambda: _layer_load_times(prepared, target, clock), warmup, repeats)
         steps.update()
         dha_ms = fold_shared_penalties(prepared.table, exec_ms, dha_ms)
+        exec_ms, dha_ms = _to_engine_speed(exec_ms, dha_ms, engine_warm_ms / warm_ms if warm_ms > 0 else 1.0)
         layers = tuple(
             LayerProfile(i, layer.name, layer.nbytes, load_ms[i], exec_ms[i], dha_ms[i])
             for i, layer in enumerate(prepared.table)
         )
         key = prepared.plan_key(batch_size, seq_len, gpu_name(target), graphs=graphs)
         profile = ModelProfile(
-            key=key, fingerprint=prepared.fingerprint, layers=layers, links=measure_links(devices), warm_ms=warm_ms
+            key=key,
+            fingerprint=prepared.fingerprint,
+            layers=layers,
+            links=measure_links(devices),
+            warm_ms=sum(exec_ms),
         )
-        colds = cold_starts(engine, inputs, [LoadSchedule.all_on_target(n)], warmup, repeats)[0]
-        profile = dataclasses.replace(profile, links=fit_host_terms(profile, colds))
+        pipelined, demand = cold_starts(engine, inputs, [resident, resident], warmup, repeats, overlaps=[True, False])
+        profile = dataclasses.replace(profile, links=fit_host_terms(profile, pipelined, demand))
         steps.update()
     finally:
         engine.close()  # also drops captured graphs and the address ranges reserved for the profile

@@ -12,6 +12,9 @@ The model of the hardware, kept deliberately small so the planner can call it th
   chunks over its own PCIe link, then forwards each one to the target over NVLink at `links.p2p_gbps`. A peer's
   forward queue is separate from its PCIe queue, so the PCIe copy of chunk j overlaps the forward of chunk j-1.
 - Copies on every queue run in layer order (the engine issues them that way).
+- Chunk copies reach `links.copy_efficiency` of that speed: a pipelined cold start's copies share the host,
+  the PCIe root and the GPU with the running forward, and on an H200 reach ~75-85 % of the probed bandwidth.
+  The factor is fitted on real pipelined cold starts; On-Demand's single transfer runs at the probed speed.
 - When k slots copy at once, host memory bounds them: each copy takes `copy_ms * h2d_gbps / per_link_gbps(k)`.
   k counts the slots that copy at least one layer, and the scaling holds for the whole cold start (a slot that
   finishes early is not credited back; this slightly overestimates, which keeps plans conservative).
@@ -20,7 +23,7 @@ The model of the hardware, kept deliberately small so the planner can call it th
 - Layer i starts at max(end of layer i-1, ready_i) and runs `exec_ms`, or `dha_exec_ms` if it is read by DHA,
   in which case it is ready at t=0.
 - The cold start ends `links.tail_ms` after the last layer (the output's return, and what this model misses,
-  as fitted by the profiler on real cold starts).
+  as fitted by the profiler on real On-Demand cold starts).
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ def check_profile(profile: ModelProfile) -> None:
     for label, value in (("h2d_gbps", links.h2d_gbps), ("p2p_gbps", links.p2p_gbps)):
         if not (math.isfinite(value) and value > 0):
             raise PlanError(f"{name}: link profile {label} must be a positive number, got {value!r}")
+    if not (math.isfinite(links.copy_efficiency) and 0 < links.copy_efficiency <= 1):
+        raise PlanError(f"{name}: link profile copy_efficiency must be within (0, 1], got {links.copy_efficiency!r}")
     for pos, layer in enumerate(profile.layers):
         if layer.index != pos:
             raise PlanError(f"{name}: layer at position {pos} has index {layer.index}; layers must be in order")
@@ -134,7 +139,8 @@ def copy_saved_ms(profile: ModelProfile) -> list[float]:
     """
     overhead = copy_overhead_ms(profile)
     h2d = profile.links.h2d_gbps
-    return [min(layer.load_ms, transfer_ms(layer.nbytes, h2d) + overhead) for layer in profile.layers]
+    eff = profile.links.copy_efficiency
+    return [min(layer.load_ms, transfer_ms(layer.nbytes, h2d) + overhead) / eff for layer in profile.layers]
 
 
 class _Copies:
@@ -144,9 +150,10 @@ class _Copies:
         links = profile.links
         self.profile = profile
         self.sizes = [layer.nbytes for layer in profile.layers]
-        self.load = [layer.load_ms for layer in profile.layers]
-        self.stream = [transfer_ms(n, links.h2d_gbps) for n in self.sizes]
-        self.overhead = copy_overhead_ms(profile)
+        eff = links.copy_efficiency  # chunk copies beside a running forward: slower than the link probe
+        self.load = [layer.load_ms / eff for layer in profile.layers]
+        self.stream = [transfer_ms(n, links.h2d_gbps) / eff for n in self.sizes]
+        self.overhead = copy_overhead_ms(profile) / eff
         self.p2p = links.p2p_gbps
         self.start = links.copy_start_ms
         self._scales: dict[int, float] = {}

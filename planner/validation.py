@@ -37,6 +37,9 @@ class Verdict:
     num_devices: int
     deepplan_ms: float
     pipeline_ms: float
+    deepplan_setup_ms: float = 0.0
+    """Median host set-up (request to first launch) of the deepplan cold starts; tells host cost from GPU time."""
+    pipeline_setup_ms: float = 0.0
 
     @property
     def keeps_plan(self) -> bool:
@@ -48,7 +51,8 @@ class Verdict:
         outcome = "kept" if self.keeps_plan else "replaced by the pipeline schedule"
         return (
             f"deepplan x{self.num_devices}: measured {self.deepplan_ms:.3f} ms vs pipeline "
-            f"{self.pipeline_ms:.3f} ms -> {outcome}"
+            f"{self.pipeline_ms:.3f} ms (set-up {self.deepplan_setup_ms:.2f} / {self.pipeline_setup_ms:.2f} ms) "
+            f"-> {outcome}"
         )
 
 
@@ -58,10 +62,16 @@ def _cold_medians(
     schedules: Sequence[LoadSchedule],
     warmup: int,
     repeats: int,
-) -> list[float]:
-    """Median cold-start latency of each schedule (sampled in alternation, see `cold_starts`)."""
+) -> list[tuple[float, float]]:
+    """Median cold-start latency and host set-up of each schedule (sampled in alternation, see `cold_starts`)."""
     columns = cold_starts(engine, inputs, schedules, warmup, repeats)
-    return [statistics.median(r.latency_ms for r in column) for column in columns]
+    return [
+        (
+            statistics.median(r.latency_ms for r in column),
+            statistics.median(r.phases.launch_ms if r.phases is not None else 0.0 for r in column),
+        )
+        for column in columns
+    ]
 
 
 def validate_plan(
@@ -90,10 +100,12 @@ def validate_plan(
             continue
         engine = ColdStartEngine(prepared.model, prepared.store, list(devices[: variant.num_devices]), graphs=graphs)
         try:
-            deep_ms, pipe_ms = _cold_medians(engine, inputs, [variant.schedule, pipeline.schedule], warmup, repeats)
+            (deep_ms, deep_setup), (pipe_ms, pipe_setup) = _cold_medians(
+                engine, inputs, [variant.schedule, pipeline.schedule], warmup, repeats
+            )
         finally:
             engine.close()
-        verdict = Verdict(variant.num_devices, deep_ms, pipe_ms)
+        verdict = Verdict(variant.num_devices, deep_ms, pipe_ms, deep_setup, pipe_setup)
         verdicts.append(verdict)
         log.info("%s: %s", plan.key.model, verdict.describe())
         if not verdict.keeps_plan:

@@ -85,7 +85,11 @@ class LinkProfile:
     """Host time before the first copy can be issued (mapping device memory): copy queues start here."""
     tail_ms: float = 0.0
     """Host time after the last layer (the output's return), plus what the per-layer model misses, fitted on
-    real cold starts. Plans made before these two fields existed hold 0 in both and all of it in `setup_ms`."""
+    real On-Demand cold starts. Plans made before these two fields existed hold 0 in both and all of it in
+    `setup_ms`."""
+    copy_efficiency: float = 1.0
+    """Fraction of the probed link speed that a pipelined cold start's chunk copies reach while the forward runs,
+    fitted on real pipelined cold starts (1 in plans made before it existed)."""
 
     def per_link_gbps(self, num_devices: int) -> float:
         """Bandwidth one link gets while `num_devices` links copy at the same time."""

@@ -57,6 +57,7 @@ _SCHEMA: tuple[tuple[str, tuple[tuple[str, int, int, bool, str], ...]], ...] = (
             ("setup_ms", 4, _F.TYPE_DOUBLE, False, ""),
             ("copy_start_ms", 5, _F.TYPE_DOUBLE, False, ""),
             ("tail_ms", 6, _F.TYPE_DOUBLE, False, ""),
+            ("copy_efficiency", 7, _F.TYPE_DOUBLE, False, ""),
         ),
     ),
     (

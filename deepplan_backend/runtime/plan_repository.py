@@ -119,6 +119,7 @@ def _to_message(plan: Plan):
     msg.links.setup_ms = plan.links.setup_ms
     msg.links.copy_start_ms = plan.links.copy_start_ms
     msg.links.tail_ms = plan.links.tail_ms
+    msg.links.copy_efficiency = plan.links.copy_efficiency
     for n, gbps in sorted(plan.links.concurrent_h2d_gbps.items()):
         msg.links.concurrent_h2d.add(num_devices=n, gbps=gbps)
     for v in plan.variants:
@@ -275,6 +276,8 @@ def _links_of(msg) -> LinkProfile:
         setup_ms=_finite(msg.links.setup_ms, "setup_ms"),
         copy_start_ms=_finite(msg.links.copy_start_ms, "copy_start_ms"),
         tail_ms=_finite(msg.links.tail_ms, "tail_ms"),
+        # 0 (unset) in files written before the field existed: copies were modelled at the probed speed.
+        copy_efficiency=_finite(msg.links.copy_efficiency or 1.0, "copy_efficiency", positive=True, limit=1.0),
     )
 
 

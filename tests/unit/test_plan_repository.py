@@ -54,7 +54,7 @@ def make_plan_obj(key: PlanKey = KEY, fingerprint: str = "abc123", num_layers: i
         PlanVariant("pipeline", 1, LoadSchedule.all_on_target(num_layers), 2.5),
         PlanVariant("deepplan", 2, LoadSchedule(sources, 2), 1.0 / 3),
     )
-    links = LinkProfile(54.0, 390.0, {2: 81.0, 4: 132.5})
+    links = LinkProfile(54.0, 390.0, {2: 81.0, 4: 132.5}, copy_efficiency=0.8)
     return Plan(key, fingerprint, layers, variants, links, warm_ms=4.8, created_at="2025-06-01T12:00:00Z")
 
 
@@ -98,6 +98,13 @@ def test_a_file_without_execution_is_an_eager_plan(tmp_path):
     msg.key.ClearField("execution")  # what files written before plans knew their regime hold
     _write(tmp_path, msg.SerializeToString())
     assert load_plan(tmp_path, KEY, "abc123").key.execution == "eager"
+
+
+def test_a_file_without_copy_efficiency_models_copies_at_the_probed_speed(tmp_path):
+    msg = _message()
+    msg.links.ClearField("copy_efficiency")  # what files written before the field existed hold
+    _write(tmp_path, msg.SerializeToString())
+    assert load_plan(tmp_path, KEY, "abc123").links.copy_efficiency == 1.0
 
 
 def test_a_plan_of_the_other_regime_is_refused(tmp_path):
@@ -182,6 +189,8 @@ def test_wrong_schema_version(tmp_path):
         (lambda m: setattr(m.variants[1], "predicted_ms", float("inf")), "predicted_ms"),
         (lambda m: setattr(m.variants[1], "engine", "demand"), "appears twice"),
         (lambda m: setattr(m.links, "h2d_gbps", 0.0), "h2d_gbps"),
+        (lambda m: setattr(m.links, "copy_efficiency", 1.5), "copy_efficiency"),
+        (lambda m: setattr(m.links, "copy_efficiency", -0.5), "copy_efficiency"),
         (lambda m: m.links.concurrent_h2d.add(num_devices=2, gbps=1.0), "repeated concurrent"),
         (lambda m: m.ClearField("variants"), "no variants"),
         (lambda m: m.ClearField("links"), "no link profile"),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from deepplan_backend.runtime.plan import ModelProfile
+from deepplan_backend.runtime.plan import LoadSchedule, ModelProfile
 from deepplan_backend.runtime.prepared import PreparedModel, prepare
 from planner.profiler import _calibrated, measure_links, profile_model
 
@@ -103,8 +104,9 @@ def test_measure_links_on_cpu() -> None:
 def test_host_terms_are_fitted_from_cold_start_milestones() -> None:
     from deepplan_backend.runtime.chunking import CHUNK_BYTES
     from deepplan_backend.runtime.engine import ColdPhases, InferenceResult
-    from deepplan_backend.runtime.plan import LayerProfile, LinkProfile, PlanKey
-    from planner.profiler import fit_host_terms
+    from deepplan_backend.runtime.plan import LayerProfile, LinkProfile, PlanError, PlanKey
+    from planner.profiler import MIN_COPY_EFFICIENCY, fit_host_terms
+    from planner.simulate import simulate
 
     # layers of a whole chunk each, so each copy costs its profiled load time
     layers = (LayerProfile(0, "a", CHUNK_BYTES, 2.0, 1.0, 5.0), LayerProfile(1, "b", CHUNK_BYTES, 1.0, 1.0, 5.0))
@@ -114,12 +116,24 @@ def test_host_terms_are_fitted_from_cold_start_milestones() -> None:
     def cold(mapped: float, launch: float, total: float) -> InferenceResult:
         return InferenceResult(out, True, total, 20, ColdPhases(mapped, launch))
 
-    links = fit_host_terms(profile, [cold(0.4, 0.9, 5.0), cold(0.6, 1.1, 5.2), cold(0.5, 1.0, 9.0)])
-    # medians: copies from 0.5, launch at 1.0; simulated end 0.5 + 2 + 1 + 1 = 4.5; measured median 5.2
+    pipelined = [cold(0.4, 0.9, 5.0), cold(0.6, 1.1, 5.2), cold(0.5, 1.0, 9.0)]
+    demand = [cold(0.5, 0.5, 3.3), cold(0.5, 0.5, 3.4), cold(0.5, 0.5, 3.5)]
+    links = fit_host_terms(profile, pipelined, demand)
+    # medians: copies from 0.5, launch at 1.0
     assert (links.copy_start_ms, links.setup_ms) == pytest.approx((0.5, 1.0))
-    assert links.tail_ms == pytest.approx(0.7)
-    # a model the simulation already over-predicts gets no negative tail
-    assert fit_host_terms(profile, [cold(0.5, 1.0, 3.0)]).tail_ms == 0.0
+    # On-Demand: one 4 MiB transfer ready at 0.5 + 0.42, run from the launch at 1.0 for 2 ms: 3.0; measured 3.4
+    assert links.tail_ms == pytest.approx(0.4)
+    # pipelined: b lands at 0.5 + 3 / eff, runs 1 ms, plus the tail; the measured median 5.2 gives eff = 3 / 3.3
+    assert links.copy_efficiency == pytest.approx(3 / 3.3, rel=1e-6)
+    fitted = dataclasses.replace(profile, links=links)
+    assert simulate(fitted, LoadSchedule.all_on_target(2)).total_ms == pytest.approx(5.2, rel=1e-6)
+    # a model the simulation already over-predicts gets no negative tail, and copies no faster than the probe
+    fast = fit_host_terms(profile, [cold(0.5, 1.0, 3.0)], [cold(0.5, 0.5, 2.0)])
+    assert (fast.tail_ms, fast.copy_efficiency) == (0.0, 1.0)
+    # a cold start far slower than any copy speed explains is clamped, not fitted to nonsense
+    assert fit_host_terms(profile, [cold(0.5, 1.0, 900.0)], demand).copy_efficiency == MIN_COPY_EFFICIENCY
+    with pytest.raises(PlanError, match="no pipelined and On-Demand cold starts"):
+        fit_host_terms(profile, pipelined, [])
 
 
 def test_graph_regime_planning_is_refused_without_a_gpu() -> None:

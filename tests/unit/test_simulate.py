@@ -17,7 +17,7 @@ from deepplan_backend.runtime.plan import (
     PlanError,
     PlanKey,
 )
-from planner.simulate import CostModel, copy_overhead_ms, predict, predict_demand, simulate
+from planner.simulate import CostModel, copy_overhead_ms, copy_saved_ms, predict, predict_demand, simulate
 
 KEY = PlanKey("toy", 1, 8, "float32", "Test GPU")
 CHUNK = CHUNK_BYTES
@@ -193,3 +193,23 @@ def test_the_engine_copies_the_chunks_the_simulator_predicts():
     assert chunk_runs((0, DHA, 0, 1, 1, DHA), sizes) == [[0], [2], [3], [4]]
     with pytest.raises(ValueError, match="3 sources for 2 layer sizes"):
         chunk_runs((0, 0, 0), [1, 2])
+
+
+def test_copy_efficiency_slows_chunk_copies_but_not_on_demands_single_transfer():
+    rows = [(CHUNK, 2.0, 1.0, 9.0), (CHUNK, 1.0, 1.0, 9.0)]
+    full = profile(rows)
+    half = dataclasses.replace(full, links=dataclasses.replace(full.links, copy_efficiency=0.5))
+    # chunk copies take twice as long: ready 4 and 6 instead of 2 and 3
+    assert simulate(half, LoadSchedule.all_on_target(2)).ready_ms == pytest.approx((4.0, 6.0))
+    assert CostModel(half).total((0, 0)) == pytest.approx(7.0)
+    # DHA saves the slowed copy, so the selection weighs it at that price
+    assert copy_saved_ms(half) == pytest.approx([2 * s for s in copy_saved_ms(full)])
+    assert predict_demand(half).total_ms == pytest.approx(predict_demand(full).total_ms)
+
+
+@pytest.mark.parametrize("eff", [0.0, 1.5, math.nan])
+def test_copy_efficiency_outside_its_range_is_named(eff):
+    p = profile([(10, 1.0, 1.0, 1.0)])
+    p = dataclasses.replace(p, links=dataclasses.replace(p.links, copy_efficiency=eff))
+    with pytest.raises(PlanError, match="toy: link profile copy_efficiency"):
+        simulate(p, LoadSchedule.all_on_target(1))

@@ -44,6 +44,7 @@ def test_a_real_check_times_both_schedules_and_leaves_the_device_empty(planned) 
     checked, verdicts = validate_plan(plan, prepared, [CPU], warmup=1, repeats=2)
     assert len(verdicts) == 1 and verdicts[0].num_devices == 1
     assert verdicts[0].deepplan_ms > 0 and verdicts[0].pipeline_ms > 0
+    assert 0 < verdicts[0].deepplan_setup_ms < verdicts[0].deepplan_ms
     kept = checked.variant("deepplan", 1).schedule
     assert kept in (plan.variant("deepplan", 1).schedule, plan.variant("pipeline", 1).schedule)
     assert kept == plan.variant("deepplan", 1).schedule or not verdicts[0].keeps_plan
@@ -52,10 +53,12 @@ def test_a_real_check_times_both_schedules_and_leaves_the_device_empty(planned) 
 def test_a_losing_schedule_is_replaced_by_pipelining_and_keeps_its_prediction(planned, monkeypatch) -> None:
     prepared, plan = planned
     # the timing itself is checked above; here only what the planner does with a loss
-    monkeypatch.setattr(validation, "_cold_medians", lambda *a, **k: [2.0, 1.0])
+    monkeypatch.setattr(validation, "_cold_medians", lambda *a, **k: [(2.0, 0.5), (1.0, 0.4)])
     checked, verdicts = validate_plan(plan, prepared, [CPU])
     pipeline = plan.variant("pipeline", 1)
     assert [v.keeps_plan for v in verdicts] == [False]
+    assert (verdicts[0].deepplan_setup_ms, verdicts[0].pipeline_setup_ms) == (0.5, 0.4)
+    assert "set-up 0.50 / 0.40 ms" in verdicts[0].describe()
     assert checked.variant("deepplan", 1).schedule == pipeline.schedule
     assert checked.variant("deepplan", 1).predicted_ms == pipeline.predicted_ms
     assert checked.variant("demand", 1) == plan.variant("demand", 1)
@@ -64,7 +67,7 @@ def test_a_losing_schedule_is_replaced_by_pipelining_and_keeps_its_prediction(pl
 def test_variants_already_pipelining_or_beyond_the_devices_are_not_timed(planned, monkeypatch) -> None:
     prepared, plan = planned
 
-    def never(*_a: object, **_k: object) -> list[float]:
+    def never(*_a: object, **_k: object) -> list[tuple[float, float]]:
         raise AssertionError("nothing should be timed")
 
     monkeypatch.setattr(validation, "_cold_medians", never)
