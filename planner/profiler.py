@@ -268,6 +268,23 @@ MIN_COPY_EFFICIENCY = 0.2
 """Lowest copy efficiency a fit may return: below it the cold starts measured something other than copies."""
 
 
+def fit_peer_issue(profile: ModelProfile, schedule: LoadSchedule, measured: Sequence[InferenceResult]) -> LinkProfile:
+    """The profile's links with `peer_chunk_ms` fitted on real PT cold starts of `schedule` (host terms fitted).
+
+    A PT cold start's set-up exceeds the single-GPU one by the host work of each chunk a peer copies (measured
+    on 4 x H200: ~2 ms of set-up on one GPU, 5-8 ms on two or four for 1.4 GB models), so that excess, per peer
+    chunk, is the term.
+    """
+    from .simulate import peer_chunk_count
+
+    phases = [r.phases for r in measured if r.phases is not None]
+    chunks = peer_chunk_count(schedule.sources, [layer.nbytes for layer in profile.layers])
+    if not phases or not chunks:
+        return profile.links
+    excess = statistics.median(p.launch_ms for p in phases) - profile.links.setup_ms
+    return dataclasses.replace(profile.links, peer_chunk_ms=max(0.0, excess) / chunks)
+
+
 def fit_host_terms(
     profile: ModelProfile, pipelined: Sequence[InferenceResult], demand: Sequence[InferenceResult]
 ) -> LinkProfile:
@@ -325,10 +342,13 @@ def cold_starts(
     warmup: int,
     repeats: int,
     overlaps: Sequence[bool] | None = None,
+    warm: list[float] | None = None,
 ) -> list[list[InferenceResult]]:
     """`repeats` real cold starts of each schedule after `warmup` rounds; the device is left empty.
 
     `overlaps[i]` False runs schedule i On-Demand (copy all, then run); default: every schedule pipelined.
+    With a `warm` list, each timed cold start is followed by one warm request, whose latency is appended to it:
+    the engine's warm speed sampled between cold starts, as a server (and the benchmark) sees it.
     The schedules are sampled in alternation, so that drifts hit them alike. With graphs, each schedule's forward
     is captured (on its first warm request) before any cold start is timed, so every timed one replays it.
     """
@@ -347,30 +367,42 @@ def cold_starts(
             result = engine.infer(inputs, schedule, overlap)
             if k >= warmup:
                 column.append(result)
+                if warm is not None:
+                    warm.append(engine.infer(inputs, schedule, overlap).latency_ms)
     engine.evict()
     return measured
 
 
-def _engine_warm_ms(
-    engine: ColdStartEngine, inputs: dict[str, torch.Tensor], schedule: LoadSchedule, warmup: int, repeats: int
-) -> float:
-    """Median latency of the engine's own warm requests (resident weights; a graph replay with graphs)."""
-    for _ in range(max(warmup, 2)):  # with graphs, the first warm request captures
-        engine.infer(inputs, schedule)
-    return statistics.median(engine.infer(inputs, schedule).latency_ms for _ in range(repeats))
-
-
 def _to_engine_speed(exec_ms: list[float], dha_ms: list[float], scale: float) -> tuple[list[float], list[float]]:
-    """Per-layer times stretched so the forward takes as long as the engine's warm request (if that is longer).
+    """Per-layer times scaled so the forward takes as long as the engine's warm request.
 
     The spans add up to the forward as PyTorch runs it hook by hook; the engine's request replays a captured
-    graph (or runs eager) and returns the output, which on an H200 took up to 1.5x longer for BERT-Large. The
-    cold start runs the engine's forward, so its layers are charged at that speed. A DHA span keeps its penalty
-    (PCIe reads) on top of the stretched execution.
+    graph (or runs eager) and returns the output, which on an H200 took from 0.8x to 1.5x as long. The cold
+    start runs the engine's forward, so its layers are charged at that speed. A DHA span keeps its penalty
+    (PCIe reads) on top of the scaled execution.
     """
-    if scale <= 1.0:
-        return exec_ms, dha_ms
     return [t * scale for t in exec_ms], [d + t * (scale - 1.0) for t, d in zip(exec_ms, dha_ms, strict=True)]
+
+
+def _fit_pt(
+    profile: ModelProfile,
+    prepared: PreparedModel,
+    devices: Sequence[torch.device],
+    inputs: dict[str, torch.Tensor],
+    graphs: bool,
+    warmup: int,
+    repeats: int,
+) -> LinkProfile:
+    """`fit_peer_issue` on cold starts of the even byte split over all of `devices` (the devices left empty)."""
+    from deepplan_backend.runtime.schedules import even_split
+
+    schedule = even_split([layer.nbytes for layer in profile.layers], len(devices))
+    engine = ColdStartEngine(prepared.model, prepared.store, list(devices), graphs=graphs)
+    try:
+        measured = cold_starts(engine, inputs, [schedule], warmup, repeats)[0]
+    finally:
+        engine.close()
+    return fit_peer_issue(profile, schedule, measured)
 
 
 def profile_model(
@@ -397,7 +429,7 @@ def profile_model(
     n = len(prepared.table)
     engine = ColdStartEngine(prepared.model, prepared.store, [target], graphs=graphs)
     regime = "graphs" if graphs else "eager"
-    steps = tqdm(total=5, desc=f"profile {prepared.model.name} ({regime})", disable=not progress, unit="step")
+    steps = tqdm(total=6, desc=f"profile {prepared.model.name} ({regime})", disable=not progress, unit="step")
     try:
         resident = LoadSchedule.all_on_target(n)
         engine.infer(inputs, resident)  # provision: every layer resident
@@ -405,7 +437,6 @@ def profile_model(
         exec_ms = _median_runs(lambda: _segment_times(engine, inputs, clock), warmup, repeats)
         warm_ms = _median_runs(lambda: _forward_ms(engine, inputs, clock), warmup, repeats)[0]
         exec_ms = _calibrated(exec_ms, warm_ms)
-        engine_warm_ms = _engine_warm_ms(engine, inputs, resident, warmup, repeats)
         steps.update()
         engine.evict()
         engine.infer(inputs, LoadSchedule((DHA,) * n))  # every layer read in place from host memory
@@ -416,21 +447,27 @@ def profile_model(
         load_ms = _median_runs(lambda: _layer_load_times(prepared, target, clock), warmup, repeats)
         steps.update()
         dha_ms = fold_shared_penalties(prepared.table, exec_ms, dha_ms)
-        exec_ms, dha_ms = _to_engine_speed(exec_ms, dha_ms, engine_warm_ms / warm_ms if warm_ms > 0 else 1.0)
+        links = measure_links(devices)
+        warm: list[float] = []
+        pipelined, demand = cold_starts(
+            engine, inputs, [resident, resident], warmup, repeats, overlaps=[True, False], warm=warm
+        )
+        if warm_ms > 0:
+            exec_ms, dha_ms = _to_engine_speed(exec_ms, dha_ms, statistics.median(warm) / warm_ms)
         layers = tuple(
             LayerProfile(i, layer.name, layer.nbytes, load_ms[i], exec_ms[i], dha_ms[i])
             for i, layer in enumerate(prepared.table)
         )
         key = prepared.plan_key(batch_size, seq_len, gpu_name(target), graphs=graphs)
         profile = ModelProfile(
-            key=key,
-            fingerprint=prepared.fingerprint,
-            layers=layers,
-            links=measure_links(devices),
-            warm_ms=sum(exec_ms),
+            key=key, fingerprint=prepared.fingerprint, layers=layers, links=links, warm_ms=sum(exec_ms)
         )
-        pipelined, demand = cold_starts(engine, inputs, [resident, resident], warmup, repeats, overlaps=[True, False])
         profile = dataclasses.replace(profile, links=fit_host_terms(profile, pipelined, demand))
+        steps.update()
+        if len(devices) > 1:
+            profile = dataclasses.replace(
+                profile, links=_fit_pt(profile, prepared, devices, inputs, graphs, warmup, repeats)
+            )
         steps.update()
     finally:
         engine.close()  # also drops captured graphs and the address ranges reserved for the profile

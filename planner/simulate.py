@@ -19,7 +19,8 @@ The model of the hardware, kept deliberately small so the planner can call it th
   k counts the slots that copy at least one layer, and the scaling holds for the whole cold start (a slot that
   finishes early is not credited back; this slightly overestimates, which keeps plans conservative).
 - Execution cannot begin before `links.setup_ms`, the host time a cold start spends mapping memory, issuing
-  copies and binding weights.
+  copies and binding weights, plus `links.peer_chunk_ms` per chunk that a peer copies: a PT chunk costs the
+  host a copy on the peer, an NVLink forward and their events, all issued before the forward launches.
 - Layer i starts at max(end of layer i-1, ready_i) and runs `exec_ms`, or `dha_exec_ms` if it is read by DHA,
   in which case it is ready at t=0.
 - The cold start ends `links.tail_ms` after the last layer (the output's return, and what this model misses,
@@ -86,6 +87,8 @@ def check_profile(profile: ModelProfile) -> None:
             raise PlanError(f"{name}: link profile {label} must be a positive number, got {value!r}")
     if not (math.isfinite(links.copy_efficiency) and 0 < links.copy_efficiency <= 1):
         raise PlanError(f"{name}: link profile copy_efficiency must be within (0, 1], got {links.copy_efficiency!r}")
+    if not (math.isfinite(links.peer_chunk_ms) and links.peer_chunk_ms >= 0):
+        raise PlanError(f"{name}: link profile peer_chunk_ms must be finite and >= 0, got {links.peer_chunk_ms!r}")
     for pos, layer in enumerate(profile.layers):
         if layer.index != pos:
             raise PlanError(f"{name}: layer at position {pos} has index {layer.index}; layers must be in order")
@@ -164,6 +167,13 @@ class _Copies:
             self._scales[slots_in_use] = copy_scale(self.profile, slots_in_use)
         return self._scales[slots_in_use]
 
+    def launch_ms(self, sources: Sequence[int]) -> float:
+        """When the forward can launch: the host set-up, longer by the issue cost of every chunk a peer copies."""
+        links = self.profile.links
+        if not links.peer_chunk_ms:
+            return links.setup_ms
+        return links.setup_ms + links.peer_chunk_ms * peer_chunk_count(sources, self.sizes)
+
     def ready(self, sources: Sequence[int]) -> list[float]:
         """When each layer's weights are usable on the target: when its chunk has landed.
 
@@ -194,16 +204,28 @@ class _Copies:
         return ready
 
 
+def peer_chunk_count(sources: Sequence[int], sizes: Sequence[int]) -> int:
+    """How many chunks (with bytes) peer GPUs copy under `sources`: what PT adds to a cold start's host set-up."""
+    return sum(
+        1 for run in chunk_runs(sources, sizes) if sources[run[0]] not in (0, DHA) and any(sizes[i] for i in run)
+    )
+
+
 def ready_times(profile: ModelProfile, schedule: LoadSchedule) -> list[float]:
     """When each layer's weights are usable on the target: 0 for DHA, else when its chunk has landed."""
     return _Copies(profile).ready(schedule.sources)
 
 
-def execute(profile: ModelProfile, sources: Sequence[int], ready: Sequence[float]) -> SimResult:
-    """Run the layers in order, each as soon as the previous one ended and its weights are ready."""
+def execute(
+    profile: ModelProfile, sources: Sequence[int], ready: Sequence[float], launch_ms: float | None = None
+) -> SimResult:
+    """Run the layers in order, each as soon as the previous one ended and its weights are ready.
+
+    Nothing executes before `launch_ms` (default: the profile's set-up), when the host has set the cold start up.
+    """
     start = [0.0] * len(ready)
     end = [0.0] * len(ready)
-    clock = profile.links.setup_ms  # nothing executes before the host has set the cold start up
+    clock = profile.links.setup_ms if launch_ms is None else launch_ms
     for i, (layer, src) in enumerate(zip(profile.layers, sources, strict=True)):
         begin = max(clock, ready[i])
         clock = begin + (layer.dha_exec_ms if src == DHA else layer.exec_ms)
@@ -217,7 +239,8 @@ def simulate(profile: ModelProfile, schedule: LoadSchedule) -> SimResult:
     """Predict the pipelined cold start (pipeline and deepplan engines) of `profile` under `schedule`."""
     check_profile(profile)
     _check_schedule(profile, schedule)
-    return execute(profile, schedule.sources, ready_times(profile, schedule))
+    copies = _Copies(profile)
+    return execute(profile, schedule.sources, copies.ready(schedule.sources), copies.launch_ms(schedule.sources))
 
 
 class CostModel:
@@ -240,12 +263,12 @@ class CostModel:
 
     def timeline(self, sources: Sequence[int]) -> SimResult:
         """The whole predicted timeline of the schedule with per-layer `sources` (what `simulate` returns)."""
-        return execute(self.profile, sources, self.copies.ready(sources))
+        return execute(self.profile, sources, self.copies.ready(sources), self.copies.launch_ms(sources))
 
     def total(self, sources: Sequence[int]) -> float:
         """Predicted latency of the schedule with per-layer `sources` (same rules as `simulate`)."""
         ready = self.copies.ready(sources)
-        clock = self.profile.links.setup_ms
+        clock = self.copies.launch_ms(sources)
         exe, dha = self.exec, self.dha
         for i, src in enumerate(sources):
             if src == DHA:

@@ -90,6 +90,9 @@ class LinkProfile:
     copy_efficiency: float = 1.0
     """Fraction of the probed link speed that a pipelined cold start's chunk copies reach while the forward runs,
     fitted on real pipelined cold starts (1 in plans made before it existed)."""
+    peer_chunk_ms: float = 0.0
+    """Host time added to the set-up by each chunk a peer GPU copies (its copy, NVLink forward and events are
+    issued before the forward launches), fitted on real PT cold starts (0 in plans made before it existed)."""
 
     def per_link_gbps(self, num_devices: int) -> float:
         """Bandwidth one link gets while `num_devices` links copy at the same time."""

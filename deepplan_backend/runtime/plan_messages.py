@@ -58,6 +58,7 @@ _SCHEMA: tuple[tuple[str, tuple[tuple[str, int, int, bool, str], ...]], ...] = (
             ("copy_start_ms", 5, _F.TYPE_DOUBLE, False, ""),
             ("tail_ms", 6, _F.TYPE_DOUBLE, False, ""),
             ("copy_efficiency", 7, _F.TYPE_DOUBLE, False, ""),
+            ("peer_chunk_ms", 8, _F.TYPE_DOUBLE, False, ""),
         ),
     ),
     (

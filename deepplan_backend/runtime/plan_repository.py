@@ -120,6 +120,7 @@ def _to_message(plan: Plan):
     msg.links.copy_start_ms = plan.links.copy_start_ms
     msg.links.tail_ms = plan.links.tail_ms
     msg.links.copy_efficiency = plan.links.copy_efficiency
+    msg.links.peer_chunk_ms = plan.links.peer_chunk_ms
     for n, gbps in sorted(plan.links.concurrent_h2d_gbps.items()):
         msg.links.concurrent_h2d.add(num_devices=n, gbps=gbps)
     for v in plan.variants:
@@ -278,6 +279,7 @@ def _links_of(msg) -> LinkProfile:
         tail_ms=_finite(msg.links.tail_ms, "tail_ms"),
         # 0 (unset) in files written before the field existed: copies were modelled at the probed speed.
         copy_efficiency=_finite(msg.links.copy_efficiency or 1.0, "copy_efficiency", positive=True, limit=1.0),
+        peer_chunk_ms=_finite(msg.links.peer_chunk_ms, "peer_chunk_ms"),
     )
 
 

@@ -54,7 +54,7 @@ def make_plan_obj(key: PlanKey = KEY, fingerprint: str = "abc123", num_layers: i
         PlanVariant("pipeline", 1, LoadSchedule.all_on_target(num_layers), 2.5),
         PlanVariant("deepplan", 2, LoadSchedule(sources, 2), 1.0 / 3),
     )
-    links = LinkProfile(54.0, 390.0, {2: 81.0, 4: 132.5}, copy_efficiency=0.8)
+    links = LinkProfile(54.0, 390.0, {2: 81.0, 4: 132.5}, copy_efficiency=0.8, peer_chunk_ms=0.01)
     return Plan(key, fingerprint, layers, variants, links, warm_ms=4.8, created_at="2025-06-01T12:00:00Z")
 
 
@@ -191,6 +191,7 @@ def test_wrong_schema_version(tmp_path):
         (lambda m: setattr(m.links, "h2d_gbps", 0.0), "h2d_gbps"),
         (lambda m: setattr(m.links, "copy_efficiency", 1.5), "copy_efficiency"),
         (lambda m: setattr(m.links, "copy_efficiency", -0.5), "copy_efficiency"),
+        (lambda m: setattr(m.links, "peer_chunk_ms", -0.01), "peer_chunk_ms"),
         (lambda m: m.links.concurrent_h2d.add(num_devices=2, gbps=1.0), "repeated concurrent"),
         (lambda m: m.ClearField("variants"), "no variants"),
         (lambda m: m.ClearField("links"), "no link profile"),

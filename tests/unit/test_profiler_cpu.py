@@ -136,6 +136,25 @@ def test_host_terms_are_fitted_from_cold_start_milestones() -> None:
         fit_host_terms(profile, pipelined, [])
 
 
+def test_peer_issue_cost_is_the_pt_set_up_excess_per_peer_chunk() -> None:
+    from deepplan_backend.runtime.chunking import CHUNK_BYTES
+    from deepplan_backend.runtime.engine import ColdPhases, InferenceResult
+    from deepplan_backend.runtime.plan import LayerProfile, LinkProfile, PlanKey
+    from planner.profiler import fit_peer_issue
+
+    layers = tuple(LayerProfile(i, f"l{i}", CHUNK_BYTES, 0.1, 1.0, 5.0) for i in range(6))
+    links = LinkProfile(10.0, 100.0, setup_ms=1.0)
+    profile = ModelProfile(PlanKey("toy", 1, 8, "float32", "cpu"), "fp", layers, links, 6.0)
+    out = torch.zeros(1)
+    colds = [InferenceResult(out, True, 9.0, 1, ColdPhases(0.5, launch)) for launch in (1.5, 1.6, 9.0)]
+    # three peer chunks; the PT set-up's median 1.6 ms exceeds the single-GPU 1.0 ms by 0.6 ms
+    fitted = fit_peer_issue(profile, LoadSchedule((0, 0, 0, 1, 1, 1), 2), colds)
+    assert fitted.peer_chunk_ms == pytest.approx(0.2)
+    # nothing copied by peers, or no cold start: the links are left as they were
+    assert fit_peer_issue(profile, LoadSchedule.all_on_target(6), colds) == links
+    assert fit_peer_issue(profile, LoadSchedule((0, 0, 0, 1, 1, 1), 2), []) == links
+
+
 def test_graph_regime_planning_is_refused_without_a_gpu() -> None:
     from deepplan_backend.runtime.plan import PlanError
 

@@ -17,7 +17,15 @@ from deepplan_backend.runtime.plan import (
     PlanError,
     PlanKey,
 )
-from planner.simulate import CostModel, copy_overhead_ms, copy_saved_ms, predict, predict_demand, simulate
+from planner.simulate import (
+    CostModel,
+    copy_overhead_ms,
+    copy_saved_ms,
+    peer_chunk_count,
+    predict,
+    predict_demand,
+    simulate,
+)
 
 KEY = PlanKey("toy", 1, 8, "float32", "Test GPU")
 CHUNK = CHUNK_BYTES
@@ -213,3 +221,20 @@ def test_copy_efficiency_outside_its_range_is_named(eff):
     p = dataclasses.replace(p, links=dataclasses.replace(p.links, copy_efficiency=eff))
     with pytest.raises(PlanError, match="toy: link profile copy_efficiency"):
         simulate(p, LoadSchedule.all_on_target(1))
+
+
+def test_each_chunk_a_peer_copies_delays_the_launch_by_its_issue_cost():
+    rows = [(CHUNK, 0.1, 1.0, 9.0)] * 4
+    base = _with_host(profile(rows, p2p=1e6), copy_start=0.0, setup=1.0, tail=0.0)
+    pt = dataclasses.replace(base, links=dataclasses.replace(base.links, peer_chunk_ms=0.25))
+    assert peer_chunk_count((0, 0, 1, 1), [CHUNK] * 4) == 2
+    assert peer_chunk_count((0, DHA, 0, 0), [CHUNK] * 4) == 0
+    # two peer chunks: the forward launches at 1.0 + 2 x 0.25, then runs 4 x 1 ms (the copies are long done)
+    schedule = LoadSchedule((0, 0, 1, 1), 2)
+    assert simulate(pt, schedule).start_ms[0] == pytest.approx(1.5)
+    assert simulate(pt, schedule).total_ms == pytest.approx(5.5)
+    assert CostModel(pt).total(schedule.sources) == pytest.approx(5.5)
+    # a single-GPU schedule pays no issue cost
+    assert simulate(pt, LoadSchedule.all_on_target(4)).total_ms == pytest.approx(
+        simulate(base, LoadSchedule.all_on_target(4)).total_ms
+    )
