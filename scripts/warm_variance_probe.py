@@ -6,9 +6,20 @@
    same schedule answering warm requests up to 10-35 % apart, and the profiler's own engine faster than all of
    them (ResNet-101: 2.5 ms against 3.1-3.5 ms). The script builds `--engines` engines of one model, all on GPU 0
    with the plain pipeline schedule and CUDA graphs, samples cold + warm requests from them in turn, and prints
-   each engine's medians, then the same for eager PyTorch.
+   each engine's medians (and arena addresses), then the same for eager PyTorch. Options rule causes out:
+   `--private-pools` gives every capture its own graph memory pool instead of the process's shared one
+   (`runtime/graphs.py`); `--extra-events N` keeps N more CUDA events alive; `--extra-streams N` takes N streams
+   from PyTorch's stream pool before the engines take theirs.
 2. What do the driver calls of an arena cost? It times `CudaArena.map` and `unmap` (cuMemCreate + cuMemMap +
    cuMemSetAccess; cuMemUnmap + cuMemRelease) for each model's size, and the calls one by one.
+
+What it found on 4 x H200 (session 6, `results/logs/s6/call*_probe.log`): the third and fourth GPT-2-Medium engines
+replay 17 % slower (warm 28.6-29.7 against 24.4-25.0 ms; cold 40-41 against 32.5-34 ms) when ResNet-101 and
+BERT-Base engines ran earlier in the same process; with GPT-2-Medium first, all four are alike. Eager engines are
+alike in both cases. Private graph pools, 1 GiB-aligned arenas (a build with a reserve alignment, since removed),
+4000 extra events and 16 extra pool streams each left the pattern unchanged; the cause is not found. Arena costs:
+map 0.43 / 1.04 / 0.57 ms for ResNet-101 / BERT-Base / GPT-2-Medium, almost all cuMemSetAccess; unmap 0.23-0.50 ms,
+mostly cuMemRelease.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from deepplan_backend.runtime.prepared import prepare
 
 
 def engine_spread(name: str, engines: int, rounds: int, graphs: bool) -> None:
-    """Cold and warm medians per engine instance of one model (same schedule, same device)."""
+    """Cold and warm medians per engine instance of one model (same schedule, same device), with arena addresses."""
     prepared = prepare(name)
     inputs = prepared.model.example_inputs(1, None)
     schedule = LoadSchedule.all_on_target(len(prepared.table))
@@ -44,6 +55,8 @@ def engine_spread(name: str, engines: int, rounds: int, graphs: bool) -> None:
                 if k >= 2:
                     cold[i].append(first.latency_ms)
                     warm[i].extend(seconds)
+        addresses = " ".join(hex(getattr(e._layouts[schedule].arena, "address", 0)) for e in pool)
+        print(f"{name:12s} arenas at {addresses}", flush=True)
     finally:
         for engine in pool:
             engine.close()
@@ -107,13 +120,34 @@ def main() -> None:
     p.add_argument("-m", "--model", action="append", dest="models", help="zoo model (repeatable)")
     p.add_argument("--engines", type=int, default=4)
     p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--private-pools", action="store_true", help="a graph memory pool per capture, not per GPU")
+    p.add_argument("--no-eager", action="store_true", help="skip the eager engines")
+    p.add_argument("--no-arena", action="store_true", help="skip the arena driver-call timings")
+    p.add_argument("--extra-events", type=int, default=0, help="CUDA events (external, recorded) alive throughout")
+    p.add_argument("--extra-streams", type=int, default=0, help="streams taken from PyTorch's pool first")
     args = p.parse_args()
+    streams = [torch.cuda.Stream(torch.device("cuda:0")) for _ in range(args.extra_streams)]  # advance the pool
+    held = [torch.cuda.Event(external=True) for _ in range(args.extra_events)]
+    for event in held:
+        event.record()  # PyTorch creates the event at its first record
+    torch.cuda.synchronize()
+    del streams
+    if args.private_pools:
+        import deepplan_backend.runtime.engine as engine_module
+
+        def private_pool(device: torch.device) -> object:
+            # a pool is freed with its last graph; the captured graph it is handed to keeps it alive
+            return torch.cuda.graph_pool_handle()
+
+        engine_module.shared_pool = private_pool  # type: ignore[assignment]
     if not torch.cuda.is_available():
         raise SystemExit("this probe needs a GPU")
     for name in args.models or ["resnet101", "gpt2-medium"]:
-        arena_costs(name)
+        if not args.no_arena:
+            arena_costs(name)
         engine_spread(name, args.engines, args.rounds, graphs=True)
-        engine_spread(name, args.engines, args.rounds, graphs=False)
+        if not args.no_eager:
+            engine_spread(name, args.engines, args.rounds, graphs=False)
 
 
 if __name__ == "__main__":

@@ -243,18 +243,27 @@ def test_a_victim_of_the_same_process_is_evicted_by_a_direct_call_and_recorded_a
 
 
 def test_an_unused_residency_folder_is_removed_and_a_used_one_kept(tmp_path) -> None:
-    import json
     import subprocess
     import sys
 
-    from deepplan_backend.runtime.residency import remove_unused_state_dir
+    from deepplan_backend.runtime.residency import STATE_FILE, _encode, remove_unused_state_dir
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     for owner, kept in ((int(dead.stdout), False), (os.getpid(), True)):
         folder = tmp_path / f"state-{owner}"
         folder.mkdir()
         (folder / "state.lock").touch()
-        (folder / "state.json").write_text(json.dumps({"models": {"m#1": {"pid": owner}}}))
+        (folder / STATE_FILE).write_bytes(_encode({"models": {"m#1": {"pid": owner}}}))
         assert remove_unused_state_dir(folder) is not kept
         assert folder.exists() is kept
     assert remove_unused_state_dir(tmp_path / "never-made")  # nothing there: nothing to keep
+
+
+def test_a_damaged_state_file_reads_as_empty_and_is_rewritten(tmp_path) -> None:
+    from deepplan_backend.runtime.residency import STATE_FILE, _decode
+
+    assert _decode(b"") == {} and _decode(b"\x00garbage") == {} and _decode(b"i\x01\x00\x00\x00") == {}
+    r = Residency(tmp_path)
+    (tmp_path / STATE_FILE).write_bytes(b"not a state")
+    r.register("a", "cpu", 100, lambda: None)  # the next locked use starts from an empty state
+    assert set(r.snapshot()["models"]) == {"a"} and r.budget("cpu") == 100
