@@ -114,6 +114,40 @@ def arena_costs(name: str, repeats: int = 10) -> None:
     )
 
 
+def set_access_sweep(sizes_mib: list[int], alignments_mib: list[int], repeats: int = 8) -> None:
+    """Median ms of cuMemCreate / cuMemMap / cuMemSetAccess for each size and address alignment."""
+    cu = _driver()
+    probe = CudaArena(2 << 20, torch.device("cuda:0"))  # for its allocation properties and access descriptor
+    prop = probe._prop
+    desc = cu.CUmemAccessDesc()
+    desc.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+    desc.location.id = probe.index
+    desc.flags = cu.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+    with torch.cuda.device(probe.index):
+        for size_mib in sizes_mib:
+            size = size_mib << 20
+            for align_mib in alignments_mib:
+                ptr = _check(cu.cuMemAddressReserve(size, align_mib << 20, 0, 0), "cuMemAddressReserve")
+                steps: dict[str, list[float]] = {"create": [], "map": [], "set_access": [], "unmap+release": []}
+                for _ in range(repeats):
+                    marks = [time.perf_counter()]
+                    handle = _check(cu.cuMemCreate(size, prop, 0), "cuMemCreate")
+                    marks.append(time.perf_counter())
+                    _check(cu.cuMemMap(ptr, size, 0, handle, 0), "cuMemMap")
+                    marks.append(time.perf_counter())
+                    _check(cu.cuMemSetAccess(ptr, size, [desc], 1), "cuMemSetAccess")
+                    marks.append(time.perf_counter())
+                    _check(cu.cuMemUnmap(ptr, size), "cuMemUnmap")
+                    _check(cu.cuMemRelease(handle), "cuMemRelease")
+                    marks.append(time.perf_counter())
+                    for key, a, b in zip(steps, marks, marks[1:], strict=False):
+                        steps[key].append((b - a) * 1e3)
+                _check(cu.cuMemAddressFree(ptr, size), "cuMemAddressFree")
+                calls = "  ".join(f"{k} {statistics.median(v):.3f}" for k, v in steps.items())
+                print(f"vmm {size_mib:6d} MiB aligned {align_mib:4d} MiB at {hex(int(ptr))}: {calls}", flush=True)
+    probe.close()
+
+
 def main() -> None:
     """Command line; see the module docstring."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -125,7 +159,14 @@ def main() -> None:
     p.add_argument("--no-arena", action="store_true", help="skip the arena driver-call timings")
     p.add_argument("--extra-events", type=int, default=0, help="CUDA events (external, recorded) alive throughout")
     p.add_argument("--extra-streams", type=int, default=0, help="streams taken from PyTorch's pool first")
+    p.add_argument("--vmm-sizes", type=int, nargs="*", default=[], help="only time VMM calls for these MiB sizes")
+    p.add_argument("--vmm-align", type=int, nargs="*", default=[0, 2, 512], help="reserve alignments (MiB)")
     args = p.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("this probe needs a GPU")
+    if args.vmm_sizes:
+        set_access_sweep(args.vmm_sizes, args.vmm_align)
+        return
     streams = [torch.cuda.Stream(torch.device("cuda:0")) for _ in range(args.extra_streams)]  # advance the pool
     held = [torch.cuda.Event(external=True) for _ in range(args.extra_events)]
     for event in held:
@@ -140,8 +181,6 @@ def main() -> None:
             return torch.cuda.graph_pool_handle()
 
         engine_module.shared_pool = private_pool  # type: ignore[assignment]
-    if not torch.cuda.is_available():
-        raise SystemExit("this probe needs a GPU")
     for name in args.models or ["resnet101", "gpt2-medium"]:
         if not args.no_arena:
             arena_costs(name)
