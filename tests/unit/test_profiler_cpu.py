@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from deepplan_backend.runtime.engine import ColdStartEngine
 from deepplan_backend.runtime.plan import LoadSchedule, ModelProfile
 from deepplan_backend.runtime.prepared import PreparedModel, prepare
 from planner.profiler import _calibrated, measure_links, profile_model
@@ -63,6 +64,35 @@ def test_links_measured(bert) -> None:
     assert links.h2d_gbps > 0 and links.p2p_gbps > 0
     assert links.concurrent_h2d_gbps.get(1, 0) > 0
     assert links.setup_ms >= 0 and math.isfinite(links.setup_ms)
+    # fitted on the profile's own cold starts: a tail, a copy efficiency within (0, 1], no PT on one device
+    assert links.tail_ms >= 0 and 0 < links.copy_efficiency <= 1 and links.peer_chunk_ms == 0
+
+
+def test_cold_starts_sample_a_warm_request_after_each_timed_cold_start(bert) -> None:
+    from planner.profiler import cold_starts
+
+    prepared, _ = bert
+    n = len(prepared.table)
+    engine = ColdStartEngine(prepared.model, prepared.store, [CPU])
+    warm: list[float] = []
+    try:
+        schedule = LoadSchedule.all_on_target(n)
+        pipelined, demand = cold_starts(
+            engine,
+            prepared.model.example_inputs(1),
+            [schedule, schedule],
+            warmup=1,
+            repeats=2,
+            overlaps=[True, False],
+            warm=warm,
+        )
+    finally:
+        engine.close()
+    assert [r.cold for r in pipelined + demand] == [True] * 4
+    assert len(warm) == 4 and all(ms > 0 for ms in warm)
+    assert not engine.is_resident
+    with pytest.raises(ValueError, match="2 overlap flags for 1 schedules"):
+        cold_starts(engine, prepared.model.example_inputs(1), [schedule], 0, 1, overlaps=[True, False])
 
 
 def test_profiling_leaves_the_model_on_host_memory(bert) -> None:
