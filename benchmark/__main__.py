@@ -20,9 +20,8 @@ from deepplan_backend.runtime.prepared import PreparedModel, gpu_name, prepare
 from deepplan_backend.runtime.transfer import DeviceError, resolve_devices
 from deepplan_backend.runtime.zoo import PAPER_MODELS, ModelSourceError, parse_dtype
 from planner.__main__ import default_plan_repo, device_counts_for, non_negative_int, positive_int
-from planner.planning import make_plan
-from planner.profiler import measure_links, profile_model
-from planner.validation import validate_plan
+from planner.device_planning import plan_on_devices
+from planner.profiler import measure_links
 
 from .measure import Measurement, Run, measure_interleaved
 from .table import default_configs, parse_config, write_results
@@ -60,11 +59,9 @@ def obtain_plan(prepared: PreparedModel, args: argparse.Namespace, repo: Path, a
     except PlanNotFound:
         if not args.make_plans:
             raise
-    import datetime as dt
-
-    profile = profile_model(prepared, all_devices, args.batch_size, args.seq_len, graphs=args.graphs)
-    plan = make_plan(profile, device_counts_for(len(all_devices)), dt.datetime.now(dt.timezone.utc).isoformat())
-    plan, verdicts = validate_plan(plan, prepared, all_devices, args.batch_size, args.seq_len, args.graphs)
+    plan, verdicts = plan_on_devices(
+        prepared, all_devices, device_counts_for(len(all_devices)), args.batch_size, args.seq_len, args.graphs
+    )
     for verdict in verdicts:
         print(f"{prepared.model.name}: checked on the devices: {verdict.describe()}", file=sys.stderr)
     save_plan(repo, plan)

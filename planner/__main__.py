@@ -7,7 +7,6 @@ are measured for parallel transmission, and `--show FILE` prints a plan as a tab
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 from collections.abc import Sequence
@@ -19,10 +18,8 @@ from deepplan_backend.runtime.prepared import prepare
 from deepplan_backend.runtime.transfer import DeviceError, resolve_devices
 from deepplan_backend.runtime.zoo import PAPER_MODELS, ModelSourceError, parse_dtype
 
+from .device_planning import Sampling, plan_on_devices
 from .plan_view import format_plan
-from .planning import make_plan
-from .profiler import profile_model
-from .validation import validate_plan
 
 
 def positive_int(text: str) -> int:
@@ -94,19 +91,16 @@ def plan_one(name: str, args: argparse.Namespace, repo: Path) -> Path:
     """Profile and plan one model; returns the written plan file."""
     devices = resolve_devices(args.devices if args.devices is not None else _all_devices())
     prepared = prepare(name, dtype=parse_dtype(args.dtype))
-    profile = profile_model(
+    plan, verdicts = plan_on_devices(
         prepared,
         devices,
+        device_counts_for(len(devices)),
         args.batch_size,
         args.seq_len,
-        args.warmup,
-        args.repeats,
+        args.graphs,
+        Sampling(warmup=args.warmup, repeats=args.repeats),
         progress=not args.quiet,
-        graphs=args.graphs,
     )
-    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    plan = make_plan(profile, device_counts_for(len(devices)), created)
-    plan, verdicts = validate_plan(plan, prepared, devices, args.batch_size, args.seq_len, args.graphs)
     path = save_plan(repo, plan)
     print(format_plan(plan))
     for verdict in verdicts:

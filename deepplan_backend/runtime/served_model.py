@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import fcntl
 import hashlib
 import os
@@ -254,9 +253,7 @@ def plan_or_make(prepared: PreparedModel, settings: ServeSettings, devices: list
     Several instances starting at once plan once: planning holds a lock file per plan key.
     Returns (plan, made_now).
     """
-    from planner.planning import make_plan
-    from planner.profiler import profile_model
-    from planner.validation import validate_plan
+    from planner.device_planning import Sampling, plan_on_devices
 
     graphs = settings.graphs and devices[0].type == "cuda"  # graphs are ignored on CPU, and so is their regime
     key = prepared.plan_key(settings.plan_batch, settings.seq_len, gpu_name(devices[0]), graphs=graphs)
@@ -285,12 +282,11 @@ def plan_or_make(prepared: PreparedModel, settings: ServeSettings, devices: list
                 plan = load_plan(repo, key, prepared.fingerprint)
                 if usable(plan):
                     return plan, False
-            profile = profile_model(
-                prepared, devices, settings.plan_batch, settings.seq_len, 1, 3, progress=False, graphs=graphs
+            # Few samples: this runs while Triton loads the model.
+            sampling = Sampling(warmup=1, repeats=3, check_warmup=1, check_repeats=3)
+            plan, _ = plan_on_devices(
+                prepared, devices, counts, settings.plan_batch, settings.seq_len, graphs, sampling, progress=False
             )
-            created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            plan = make_plan(profile, counts, created)
-            plan, _ = validate_plan(plan, prepared, devices, settings.plan_batch, settings.seq_len, graphs, 1, 3)
             save_plan(repo, plan)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # profiling's scratch memory goes back to the driver, not held by the cache
