@@ -71,28 +71,15 @@ def engine_spread(name: str, engines: int, rounds: int, graphs: bool) -> None:
         )
 
 
-def arena_costs(name: str, repeats: int = 10) -> None:
-    """Median ms of an arena's map and unmap, and of each driver call, for the model's byte size."""
-    nbytes = prepare(name).table.total_bytes
-    device = torch.device("cuda:0")
-    arena = CudaArena(nbytes, device)
-    maps, unmaps = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        arena.map()
-        t1 = time.perf_counter()
-        arena.unmap()
-        t2 = time.perf_counter()
-        maps.append((t1 - t0) * 1e3)
-        unmaps.append((t2 - t1) * 1e3)
+def _driver_calls_ms(ptr: object, size: int, prop: object, device_index: int, repeats: int) -> dict[str, float]:
+    """Median ms of each VMM driver call of one map/unmap cycle at the reserved range `ptr` of `size` bytes."""
     cu = _driver()
-    steps: dict[str, list[float]] = {"create": [], "map": [], "set_access": [], "unmap": [], "release": []}
-    size, ptr, prop = arena._size, arena._ptr, arena._prop
     desc = cu.CUmemAccessDesc()
     desc.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
-    desc.location.id = arena.index
+    desc.location.id = device_index
     desc.flags = cu.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
-    with torch.cuda.device(arena.index):
+    steps: dict[str, list[float]] = {"create": [], "map": [], "set_access": [], "unmap": [], "release": []}
+    with torch.cuda.device(device_index):
         for _ in range(repeats):
             marks = [time.perf_counter()]
             handle = _check(cu.cuMemCreate(size, prop, 0), "cuMemCreate")
@@ -107,46 +94,50 @@ def arena_costs(name: str, repeats: int = 10) -> None:
             marks.append(time.perf_counter())
             for key, a, b in zip(steps, marks, marks[1:], strict=False):
                 steps[key].append((b - a) * 1e3)
+    return {k: statistics.median(v) for k, v in steps.items()}
+
+
+def _calls_text(calls: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.3f}" for k, v in calls.items())
+
+
+def arena_costs(name: str, repeats: int = 10) -> None:
+    """Median ms of an arena's map and unmap, and of each driver call, for the model's byte size."""
+    nbytes = prepare(name).table.total_bytes
+    arena = CudaArena(nbytes, torch.device("cuda:0"))
+    maps, unmaps = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        arena.map()
+        t1 = time.perf_counter()
+        arena.unmap()
+        t2 = time.perf_counter()
+        maps.append((t1 - t0) * 1e3)
+        unmaps.append((t2 - t1) * 1e3)
+    calls = _driver_calls_ms(arena._ptr, arena._size, arena._prop, arena.index, repeats)
     arena.close()
-    calls = "  ".join(f"{k} {statistics.median(v):.3f}" for k, v in steps.items())
     print(
         f"{name:12s} arena {nbytes / 2**20:7.1f} MiB: map {statistics.median(maps):.3f} ms, "
-        f"unmap {statistics.median(unmaps):.3f} ms; calls (ms): {calls}",
+        f"unmap {statistics.median(unmaps):.3f} ms; calls (ms): {_calls_text(calls)}",
         flush=True,
     )
 
 
 def set_access_sweep(sizes_mib: list[int], alignments_mib: list[int], repeats: int = 8) -> None:
-    """Median ms of cuMemCreate / cuMemMap / cuMemSetAccess for each size and address alignment."""
+    """Median ms of each VMM driver call for each size and address alignment."""
     cu = _driver()
-    probe = CudaArena(2 << 20, torch.device("cuda:0"))  # for its allocation properties and access descriptor
-    prop = probe._prop
-    desc = cu.CUmemAccessDesc()
-    desc.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
-    desc.location.id = probe.index
-    desc.flags = cu.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
-    with torch.cuda.device(probe.index):
-        for size_mib in sizes_mib:
-            size = size_mib << 20
-            for align_mib in alignments_mib:
+    probe = CudaArena(2 << 20, torch.device("cuda:0"))  # for its allocation properties
+    for size_mib in sizes_mib:
+        size = size_mib << 20
+        for align_mib in alignments_mib:
+            with torch.cuda.device(probe.index):
                 ptr = _check(cu.cuMemAddressReserve(size, align_mib << 20, 0, 0), "cuMemAddressReserve")
-                steps: dict[str, list[float]] = {"create": [], "map": [], "set_access": [], "unmap+release": []}
-                for _ in range(repeats):
-                    marks = [time.perf_counter()]
-                    handle = _check(cu.cuMemCreate(size, prop, 0), "cuMemCreate")
-                    marks.append(time.perf_counter())
-                    _check(cu.cuMemMap(ptr, size, 0, handle, 0), "cuMemMap")
-                    marks.append(time.perf_counter())
-                    _check(cu.cuMemSetAccess(ptr, size, [desc], 1), "cuMemSetAccess")
-                    marks.append(time.perf_counter())
-                    _check(cu.cuMemUnmap(ptr, size), "cuMemUnmap")
-                    _check(cu.cuMemRelease(handle), "cuMemRelease")
-                    marks.append(time.perf_counter())
-                    for key, a, b in zip(steps, marks, marks[1:], strict=False):
-                        steps[key].append((b - a) * 1e3)
+            calls = _driver_calls_ms(ptr, size, probe._prop, probe.index, repeats)
+            with torch.cuda.device(probe.index):
                 _check(cu.cuMemAddressFree(ptr, size), "cuMemAddressFree")
-                calls = "  ".join(f"{k} {statistics.median(v):.3f}" for k, v in steps.items())
-                print(f"vmm {size_mib:6d} MiB aligned {align_mib:4d} MiB at {hex(int(ptr))}: {calls}", flush=True)
+            print(
+                f"vmm {size_mib:6d} MiB aligned {align_mib:4d} MiB at {hex(int(ptr))}: {_calls_text(calls)}", flush=True
+            )
     probe.close()
 
 
