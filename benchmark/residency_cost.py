@@ -6,7 +6,8 @@ Every cold start in a server takes budget (`Residency.acquire`, here always evic
 as a full server does) and releases it after the forward (`Residency.release`). Both are locked uses of one state
 file shared by the server's processes, which holds every registered model. This times them for each model count,
 with the state encoded as the residency encodes it (marshal) and, as the baseline in the same run, as JSON (what
-it used before). The evict callbacks do nothing, so only the bookkeeping is timed; no GPU is needed.
+it used before). The state lives in /dev/shm, as a server's does. The evict callbacks do nothing, so only the
+bookkeeping is timed; no GPU is needed.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def _codec(name: str) -> Iterator[None]:
 
 def time_cold_starts(models: int, rounds: int) -> tuple[float, float]:
     """Median ms of acquire (with one eviction) and of release, over `rounds` cold starts among `models` models."""
-    with tempfile.TemporaryDirectory(prefix="residency-cost-") as folder:
+    shm = Path("/dev/shm")  # where a server keeps its state (`residency.server_state_dir`)
+    with tempfile.TemporaryDirectory(prefix="residency-cost-", dir=shm if shm.is_dir() else None) as folder:
         res = Residency(Path(folder))
         for i in range(models):
             res.register(f"m{i}", "dev", 4 * 100, lambda: None)  # room for 4: every cold start evicts one
