@@ -379,9 +379,11 @@ def _to_engine_speed(exec_ms: list[float], dha_ms: list[float], scale: float) ->
     The spans add up to the forward as PyTorch runs it hook by hook; the engine's request replays a captured
     graph (or runs eager) and returns the output, which on an H200 took from 0.8x to 1.5x as long. The cold
     start runs the engine's forward, so its layers are charged at that speed. A DHA span keeps its penalty
-    (PCIe reads) on top of the scaled execution.
+    (PCIe reads) on top of the scaled execution, and never goes below zero when the scale shrinks it (a CPU's
+    noisy spans can make a penalty negative and larger than what is left of the execution).
     """
-    return [t * scale for t in exec_ms], [d + t * (scale - 1.0) for t, d in zip(exec_ms, dha_ms, strict=True)]
+    scaled = [t * scale for t in exec_ms]
+    return scaled, [max(0.0, s + d - t) for s, t, d in zip(scaled, exec_ms, dha_ms, strict=True)]
 
 
 def _fit_pt(

@@ -120,6 +120,16 @@ def test_batch_and_sequence_length_reach_the_key() -> None:
     assert profile.layers[head.index].dha_exec_ms <= profile.layers[head.index].exec_ms + 1e-9
 
 
+def test_layer_times_follow_the_engine_speed_and_dha_keeps_its_penalty() -> None:
+    from planner.profiler import _to_engine_speed
+
+    exec_ms, dha_ms = _to_engine_speed([1.0, 2.0], [3.0, 2.5], 1.5)
+    assert exec_ms == [1.5, 3.0] and dha_ms == [3.5, 3.5]
+    # a faster engine shrinks the execution; a DHA time whose penalty is negative stays at zero, not below
+    exec_ms, dha_ms = _to_engine_speed([2.0, 4.0], [2.5, 1.0], 0.25)
+    assert exec_ms == [0.5, 1.0] and dha_ms == [1.0, 0.0]
+
+
 def test_calibration_scales_spans_to_the_forward() -> None:
     assert _calibrated([1.0, 3.0], 8.0) == [2.0, 6.0]
     assert _calibrated([0.0, 0.0], 5.0) == [0.0, 0.0]
