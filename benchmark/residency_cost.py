@@ -52,7 +52,7 @@ CODECS: dict[str, tuple[Callable[[dict], bytes], Callable[[bytes], dict]]] = {
 def _codec(name: str) -> Iterator[None]:
     """The residency module encoding its state with codec `name` for the duration."""
     saved = residency._encode, residency._decode
-    residency._encode, residency._decode = CODECS[name]
+    residency._encode, residency._decode = CODECS[name]  # type: ignore[assignment]  # same signatures, as callables
     try:
         yield
     finally:
