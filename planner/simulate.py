@@ -167,24 +167,20 @@ class _Copies:
             self._scales[slots_in_use] = copy_scale(self.profile, slots_in_use)
         return self._scales[slots_in_use]
 
-    def launch_ms(self, sources: Sequence[int]) -> float:
-        """When the forward can launch: the host set-up, longer by the issue cost of every chunk a peer copies."""
-        links = self.profile.links
-        if not links.peer_chunk_ms:
-            return links.setup_ms
-        return links.setup_ms + links.peer_chunk_ms * peer_chunk_count(sources, self.sizes)
+    def arrivals(self, sources: Sequence[int]) -> tuple[list[float], float]:
+        """When each layer's weights are usable on the target, and when the forward can launch.
 
-    def ready(self, sources: Sequence[int]) -> list[float]:
-        """When each layer's weights are usable on the target: when its chunk has landed.
-
-        DHA layers are ready at 0, and so is a chunk of layers with no bytes of their own (the engine waits for
-        nothing there).
+        A layer is usable when its chunk has landed; DHA layers are ready at 0, and so is a chunk of layers with no
+        bytes of their own (the engine waits for nothing there). The launch is the host set-up, longer by the issue
+        cost of every chunk a peer copies: one pass over the chunks gives both (the planner's inner loops call this
+        thousands of times).
         """
         used = {s for s in sources if s != DHA}
         scale = self.scale(len(used))
         h2d_free: dict[int, float] = {}  # when each slot's PCIe queue is next free
         fwd_free: dict[int, float] = {}  # when each peer's NVLink forward queue is next free
         ready = [0.0] * len(sources)
+        peer_chunks = 0
         for run in chunk_runs(sources, self.sizes):
             nbytes = sum(self.sizes[i] for i in run)
             if not nbytes:
@@ -197,35 +193,31 @@ class _Copies:
             landed = h2d_free.get(src, self.start) + copy_ms * scale
             h2d_free[src] = landed
             if src != 0:
+                peer_chunks += 1
                 landed = max(landed, fwd_free.get(src, 0.0)) + transfer_ms(nbytes, self.p2p)
                 fwd_free[src] = landed
             for i in run:
                 ready[i] = landed
-        return ready
+        links = self.profile.links
+        return ready, links.setup_ms + links.peer_chunk_ms * peer_chunks
 
 
 def peer_chunk_count(sources: Sequence[int], sizes: Sequence[int]) -> int:
-    """How many chunks (with bytes) peer GPUs copy under `sources`: what PT adds to a cold start's host set-up."""
-    return sum(
-        1 for run in chunk_runs(sources, sizes) if sources[run[0]] not in (0, DHA) and any(sizes[i] for i in run)
-    )
+    """How many chunks (with bytes) peer GPUs copy under `sources`: what PT adds to a cold start's host set-up.
+
+    The count `_Copies.arrivals` charges (chunk runs never hold DHA layers).
+    """
+    return sum(1 for run in chunk_runs(sources, sizes) if sources[run[0]] != 0 and any(sizes[i] for i in run))
 
 
-def ready_times(profile: ModelProfile, schedule: LoadSchedule) -> list[float]:
-    """When each layer's weights are usable on the target: 0 for DHA, else when its chunk has landed."""
-    return _Copies(profile).ready(schedule.sources)
-
-
-def execute(
-    profile: ModelProfile, sources: Sequence[int], ready: Sequence[float], launch_ms: float | None = None
-) -> SimResult:
+def execute(profile: ModelProfile, sources: Sequence[int], ready: Sequence[float], launch_ms: float) -> SimResult:
     """Run the layers in order, each as soon as the previous one ended and its weights are ready.
 
-    Nothing executes before `launch_ms` (default: the profile's set-up), when the host has set the cold start up.
+    Nothing executes before `launch_ms`, when the host has set the cold start up.
     """
     start = [0.0] * len(ready)
     end = [0.0] * len(ready)
-    clock = profile.links.setup_ms if launch_ms is None else launch_ms
+    clock = launch_ms
     for i, (layer, src) in enumerate(zip(profile.layers, sources, strict=True)):
         begin = max(clock, ready[i])
         clock = begin + (layer.dha_exec_ms if src == DHA else layer.exec_ms)
@@ -237,10 +229,9 @@ def execute(
 
 def simulate(profile: ModelProfile, schedule: LoadSchedule) -> SimResult:
     """Predict the pipelined cold start (pipeline and deepplan engines) of `profile` under `schedule`."""
-    check_profile(profile)
+    model = CostModel(profile)  # checks the profile
     _check_schedule(profile, schedule)
-    copies = _Copies(profile)
-    return execute(profile, schedule.sources, copies.ready(schedule.sources), copies.launch_ms(schedule.sources))
+    return model.timeline(schedule.sources)
 
 
 class CostModel:
@@ -263,12 +254,11 @@ class CostModel:
 
     def timeline(self, sources: Sequence[int]) -> SimResult:
         """The whole predicted timeline of the schedule with per-layer `sources` (what `simulate` returns)."""
-        return execute(self.profile, sources, self.copies.ready(sources), self.copies.launch_ms(sources))
+        return execute(self.profile, sources, *self.copies.arrivals(sources))
 
     def total(self, sources: Sequence[int]) -> float:
         """Predicted latency of the schedule with per-layer `sources` (same rules as `simulate`)."""
-        ready = self.copies.ready(sources)
-        clock = self.copies.launch_ms(sources)
+        ready, clock = self.copies.arrivals(sources)
         exe, dha = self.exec, self.dha
         for i, src in enumerate(sources):
             if src == DHA:
@@ -293,7 +283,7 @@ def predict_demand(profile: ModelProfile) -> SimResult:
     check_profile(profile)
     loaded = profile.links.copy_start_ms + transfer_ms(profile.total_bytes, profile.links.h2d_gbps)
     ready = [loaded] * len(profile.layers)
-    return execute(profile, (0,) * len(profile.layers), ready)
+    return execute(profile, (0,) * len(profile.layers), ready, profile.links.setup_ms)
 
 
 def predict(profile: ModelProfile, engine: str, schedule: LoadSchedule) -> SimResult:
