@@ -38,7 +38,7 @@ from deepplan_backend.runtime.plan import LoadSchedule
 from deepplan_backend.runtime.prepared import prepare
 
 
-def engine_spread(name: str, engines: int, rounds: int, graphs: bool) -> None:
+def engine_spread(name: str, engines: int, rounds: int, graphs: bool, kernels: bool = False) -> None:
     """Cold and warm medians per engine instance of one model (same schedule, same device), with arena addresses."""
     prepared = prepare(name)
     inputs = prepared.model.example_inputs(1, None)
@@ -59,6 +59,9 @@ def engine_spread(name: str, engines: int, rounds: int, graphs: bool) -> None:
                     warm[i].extend(seconds)
         addresses = " ".join(hex(getattr(e._layouts[schedule].arena, "address", 0)) for e in pool)
         print(f"{name:12s} arenas at {addresses}", flush=True)
+        if kernels and graphs:
+            profiles = [kernel_times(e, inputs, schedule) for e in pool]
+            compare_kernels(name, profiles)
     finally:
         for engine in pool:
             engine.close()
@@ -69,6 +72,66 @@ def engine_spread(name: str, engines: int, rounds: int, graphs: bool) -> None:
             f"warm {statistics.median(warm[i]):7.3f} ms (min {min(warm[i]):7.3f})",
             flush=True,
         )
+
+
+def kernel_times(engine: ColdStartEngine, inputs: dict, schedule: LoadSchedule) -> dict[str, tuple[int, float]]:
+    """Per kernel name: (launches, total GPU us) over 3 warm requests of a provisioned engine, from CUPTI."""
+    from torch.profiler import ProfilerActivity, profile
+
+    engine.evict()
+    engine.infer(inputs, schedule)
+    engine.infer(inputs, schedule)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            engine.infer(inputs, schedule)
+        torch.cuda.synchronize()
+    engine.evict()
+    found: dict[str, tuple[int, float]] = {}
+    for event in prof.events():
+        if getattr(event, "device_type", None) != torch.autograd.DeviceType.CUDA:
+            continue
+        count, total = found.get(event.name, (0, 0.0))
+        found[event.name] = (count + 1, total + event.time_range.elapsed_us())
+    return found
+
+
+def _clocks() -> str:
+    import subprocess
+
+    query = "clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-i", "0", f"--query-gpu={query}", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"nvidia-smi failed: {exc}"
+
+
+def compare_kernels(name: str, profiles: list[dict[str, tuple[int, float]]]) -> None:
+    """Each engine's kernel total, then the kernels whose time per launch differs most between engines."""
+    for i, found in enumerate(profiles):
+        total = sum(t for _, t in found.values()) / 3e3
+        launches = sum(c for c, _ in found.values()) // 3
+        print(f"{name:12s} engine {i}: {launches} kernels per request, {total:.3f} ms GPU time per request", flush=True)
+    print(f"{name:12s} clocks now: {_clocks()}", flush=True)
+    names = set().union(*profiles)
+    rows = []
+    for kernel in names:
+        per = [f[kernel][1] / f[kernel][0] if kernel in f and f[kernel][0] else float("nan") for f in profiles]
+        counts = [f.get(kernel, (0, 0.0))[0] // 3 for f in profiles]
+        share = max(f.get(kernel, (0, 0.0))[1] for f in profiles) / 3e3
+        finite = [x for x in per if x == x]
+        spread = max(finite) / min(finite) if finite and min(finite) > 0 else float("inf")
+        rows.append((share, spread, kernel, per, counts))
+    rows.sort(reverse=True)
+    for share, spread, kernel, per, counts in rows[:15]:
+        cells = " ".join(f"{x:8.1f}" for x in per)
+        print(f"  {share:7.3f} ms  x{spread:5.2f}  us/launch [{cells}] n={counts} {kernel[:90]}", flush=True)
 
 
 def _driver_calls_ms(ptr: object, size: int, prop: object, device_index: int, repeats: int) -> dict[str, float]:
@@ -152,6 +215,7 @@ def main() -> None:
     p.add_argument("--no-arena", action="store_true", help="skip the arena driver-call timings")
     p.add_argument("--extra-events", type=int, default=0, help="CUDA events (external, recorded) alive throughout")
     p.add_argument("--extra-streams", type=int, default=0, help="streams taken from PyTorch's pool first")
+    p.add_argument("--kernels", action="store_true", help="per-kernel GPU times of each graph engine (CUPTI)")
     p.add_argument("--vmm-sizes", type=int, nargs="*", default=[], help="only time VMM calls for these MiB sizes")
     p.add_argument("--vmm-align", type=int, nargs="*", default=[0, 2, 512], help="reserve alignments (MiB)")
     args = p.parse_args()
@@ -177,7 +241,7 @@ def main() -> None:
     for name in args.models or ["resnet101", "gpt2-medium"]:
         if not args.no_arena:
             arena_costs(name)
-        engine_spread(name, args.engines, args.rounds, graphs=True)
+        engine_spread(name, args.engines, args.rounds, graphs=True, kernels=args.kernels)
         if not args.no_eager:
             engine_spread(name, args.engines, args.rounds, graphs=False)
 
