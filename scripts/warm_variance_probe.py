@@ -34,6 +34,7 @@ import torch
 
 from deepplan_backend.runtime.arena import CudaArena, _check, _driver
 from deepplan_backend.runtime.engine import ColdStartEngine
+from deepplan_backend.runtime.graphs import capture_forward
 from deepplan_backend.runtime.plan import LoadSchedule
 from deepplan_backend.runtime.prepared import prepare
 
@@ -75,25 +76,54 @@ def engine_spread(name: str, engines: int, rounds: int, graphs: bool, kernels: b
 
 
 def kernel_times(engine: ColdStartEngine, inputs: dict, schedule: LoadSchedule) -> dict[str, tuple[int, float]]:
-    """Per kernel name: (launches, total GPU us) over 3 warm requests of a provisioned engine, from CUPTI."""
+    """Per kernel name: (launches, total GPU us) over 3 warm requests of a provisioned engine, from CUPTI.
+
+    Also prints, per request, where the wall time went: the span from the first to the last GPU activity, the
+    kernels' busy time in it, and its largest idle gaps with the activities on either side.
+    """
     from torch.profiler import ProfilerActivity, profile
 
     engine.evict()
     engine.infer(inputs, schedule)
     engine.infer(inputs, schedule)
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
-            engine.infer(inputs, schedule)
-        torch.cuda.synchronize()
-    engine.evict()
     found: dict[str, tuple[int, float]] = {}
-    for event in prof.events():
-        if getattr(event, "device_type", None) != torch.autograd.DeviceType.CUDA:
-            continue
-        count, total = found.get(event.name, (0, 0.0))
-        found[event.name] = (count + 1, total + event.time_range.elapsed_us())
+    for _ in range(3):
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            wall = engine.infer(inputs, schedule).latency_ms
+            torch.cuda.synchronize()
+        spans = []
+        for event in prof.events():
+            if getattr(event, "device_type", None) != torch.autograd.DeviceType.CUDA:
+                continue
+            count, total = found.get(event.name, (0, 0.0))
+            found[event.name] = (count + 1, total + event.time_range.elapsed_us())
+            spans.append((event.time_range.start, event.time_range.end, event.name))
+        print("    " + _timeline_text(wall, spans), flush=True)
+    engine.evict()
     return found
+
+
+def _timeline_text(wall_ms: float, spans: list[tuple[float, float, str]]) -> str:
+    """One request's GPU activity: span, busy time, idle gaps (us) and the three largest with their neighbours."""
+    if not spans:
+        return f"wall {wall_ms:.3f} ms, no GPU activity recorded"
+    spans.sort()
+    busy = sum(e - b for b, e, _ in spans)
+    gaps = []
+    reach, before = spans[0][1], spans[0][2]
+    for b, e, name in spans[1:]:
+        if b - reach > 5:
+            gaps.append((b - reach, before[:40], name[:40]))
+        if e > reach:
+            reach, before = e, name
+    gaps.sort(reverse=True)
+    span = (spans[-1][1] - spans[0][0]) / 1e3
+    top = "; ".join(f"{g:.0f} us after {a} before {n}" for g, a, n in gaps[:3])
+    return (
+        f"wall {wall_ms:.3f} ms, GPU span {span:.3f} ms, busy {busy / 1e3:.3f} ms, {len(spans)} activities, "
+        f"{len(gaps)} gaps > 5 us totalling {sum(g for g, _, _ in gaps) / 1e3:.3f} ms; largest: {top}"
+    )
 
 
 def _clocks() -> str:
@@ -215,6 +245,9 @@ def main() -> None:
     p.add_argument("--no-arena", action="store_true", help="skip the arena driver-call timings")
     p.add_argument("--extra-events", type=int, default=0, help="CUDA events (external, recorded) alive throughout")
     p.add_argument("--extra-streams", type=int, default=0, help="streams taken from PyTorch's pool first")
+    p.add_argument(
+        "--no-waits", action="store_true", help="capture graphs without their event waits (cold answers are wrong)"
+    )
     p.add_argument("--kernels", action="store_true", help="per-kernel GPU times of each graph engine (CUPTI)")
     p.add_argument("--vmm-sizes", type=int, nargs="*", default=[], help="only time VMM calls for these MiB sizes")
     p.add_argument("--vmm-align", type=int, nargs="*", default=[0, 2, 512], help="reserve alignments (MiB)")
@@ -230,6 +263,13 @@ def main() -> None:
         event.record()  # PyTorch creates the event at its first record
     torch.cuda.synchronize()
     del streams
+    if args.no_waits:
+        import deepplan_backend.runtime.engine as engine_module
+
+        def capture_without_waits(module, inputs, up_front, waits, pool):  # type: ignore[no-untyped-def]
+            return capture_forward(module, inputs, [], [], pool)
+
+        engine_module.capture_forward = capture_without_waits  # type: ignore[assignment]
     if args.private_pools:
         import deepplan_backend.runtime.engine as engine_module
 
