@@ -38,6 +38,10 @@ from deepplan_backend.runtime.graphs import capture_forward
 from deepplan_backend.runtime.plan import LoadSchedule
 from deepplan_backend.runtime.prepared import prepare
 
+KEEP_ENGINES = False
+"""``--keep-engines``: earlier models' engines (and their CUDA events and graphs) stay alive, evicted."""
+_kept: list[ColdStartEngine] = []
+
 
 def engine_spread(name: str, engines: int, rounds: int, graphs: bool, kernels: bool = False) -> None:
     """Cold and warm medians per engine instance of one model (same schedule, same device), with arena addresses."""
@@ -65,7 +69,11 @@ def engine_spread(name: str, engines: int, rounds: int, graphs: bool, kernels: b
             compare_kernels(name, profiles)
     finally:
         for engine in pool:
-            engine.close()
+            if KEEP_ENGINES:
+                engine.evict()
+                _kept.append(engine)
+            else:
+                engine.close()
     regime = "graphs" if graphs else "eager"
     for i in range(engines):
         print(
@@ -88,7 +96,9 @@ def kernel_times(engine: ColdStartEngine, inputs: dict, schedule: LoadSchedule) 
     engine.infer(inputs, schedule)
     torch.cuda.synchronize()
     found: dict[str, tuple[int, float]] = {}
-    for _ in range(3):
+    for k in range(4):
+        if k == 3:  # the last one cold: the graph with its waits for the copies
+            engine.evict()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             wall = engine.infer(inputs, schedule).latency_ms
             torch.cuda.synchronize()
@@ -96,10 +106,12 @@ def kernel_times(engine: ColdStartEngine, inputs: dict, schedule: LoadSchedule) 
         for event in prof.events():
             if getattr(event, "device_type", None) != torch.autograd.DeviceType.CUDA:
                 continue
+            spans.append((event.time_range.start, event.time_range.end, event.name))
+            if k == 3:
+                continue
             count, total = found.get(event.name, (0, 0.0))
             found[event.name] = (count + 1, total + event.time_range.elapsed_us())
-            spans.append((event.time_range.start, event.time_range.end, event.name))
-        print("    " + _timeline_text(wall, spans), flush=True)
+        print(f"    {'cold' if k == 3 else 'warm'} " + _timeline_text(wall, spans), flush=True)
     engine.evict()
     return found
 
@@ -248,6 +260,7 @@ def main() -> None:
     p.add_argument(
         "--no-waits", action="store_true", help="capture graphs without their event waits (cold answers are wrong)"
     )
+    p.add_argument("--keep-engines", action="store_true", help="keep earlier models' engines alive (evicted)")
     p.add_argument("--kernels", action="store_true", help="per-kernel GPU times of each graph engine (CUPTI)")
     p.add_argument("--vmm-sizes", type=int, nargs="*", default=[], help="only time VMM calls for these MiB sizes")
     p.add_argument("--vmm-align", type=int, nargs="*", default=[0, 2, 512], help="reserve alignments (MiB)")
@@ -263,6 +276,8 @@ def main() -> None:
         event.record()  # PyTorch creates the event at its first record
     torch.cuda.synchronize()
     del streams
+    global KEEP_ENGINES
+    KEEP_ENGINES = args.keep_engines
     if args.no_waits:
         import deepplan_backend.runtime.engine as engine_module
 
