@@ -246,8 +246,30 @@ def set_access_sweep(sizes_mib: list[int], alignments_mib: list[int], repeats: i
     probe.close()
 
 
-def _apply_variants(args: argparse.Namespace) -> None:
-    """Change the engine (by monkeypatching) or the process state as the options say, before any engine exists."""
+def main() -> None:
+    """Command line; see the module docstring."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("-m", "--model", action="append", dest="models", help="zoo model (repeatable)")
+    p.add_argument("--engines", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--private-pools", action="store_true", help="a graph memory pool per capture, not per GPU")
+    p.add_argument("--no-eager", action="store_true", help="skip the eager engines")
+    p.add_argument("--no-arena", action="store_true", help="skip the arena driver-call timings")
+    p.add_argument("--extra-events", type=int, default=0, help="CUDA events (external, recorded) alive throughout")
+    p.add_argument("--extra-streams", type=int, default=0, help="streams taken from PyTorch's pool first")
+    p.add_argument(
+        "--no-waits", action="store_true", help="capture graphs without their event waits (cold answers are wrong)"
+    )
+    p.add_argument("--keep-engines", action="store_true", help="keep earlier models' engines alive (evicted)")
+    p.add_argument("--kernels", action="store_true", help="per-kernel GPU times of each graph engine (CUPTI)")
+    p.add_argument("--vmm-sizes", type=int, nargs="*", default=[], help="only time VMM calls for these MiB sizes")
+    p.add_argument("--vmm-align", type=int, nargs="*", default=[0, 2, 512], help="reserve alignments (MiB)")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("this probe needs a GPU")
+    if args.vmm_sizes:
+        set_access_sweep(args.vmm_sizes, args.vmm_align)
+        return
     streams = [torch.cuda.Stream(torch.device("cuda:0")) for _ in range(args.extra_streams)]  # advance the pool
     held = [torch.cuda.Event(external=True) for _ in range(args.extra_events)]
     for event in held:
@@ -256,17 +278,6 @@ def _apply_variants(args: argparse.Namespace) -> None:
     del streams
     global KEEP_ENGINES
     KEEP_ENGINES = args.keep_engines
-    if args.no_event_pool:  # the engine as it was before `chunk_events`: fresh events, destroyed on close
-        from deepplan_backend.runtime import chunk_events
-
-        def fresh(count: int, stream: torch.cuda.Stream) -> list[torch.cuda.Event]:
-            events = [torch.cuda.Event(external=True) for _ in range(count)]
-            for event in events:
-                event.record(stream)
-            return events
-
-        chunk_events.take = fresh  # type: ignore[assignment]
-        chunk_events.give_back = lambda index, events: None  # type: ignore[assignment]
     if args.no_waits:
         import deepplan_backend.runtime.engine as engine_module
 
@@ -282,34 +293,6 @@ def _apply_variants(args: argparse.Namespace) -> None:
             return torch.cuda.graph_pool_handle()
 
         engine_module.shared_pool = private_pool  # type: ignore[assignment]
-
-
-def main() -> None:
-    """Command line; see the module docstring."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("-m", "--model", action="append", dest="models", help="zoo model (repeatable)")
-    p.add_argument("--engines", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--private-pools", action="store_true", help="a graph memory pool per capture, not per GPU")
-    p.add_argument("--no-eager", action="store_true", help="skip the eager engines")
-    p.add_argument("--no-arena", action="store_true", help="skip the arena driver-call timings")
-    p.add_argument("--extra-events", type=int, default=0, help="CUDA events (external, recorded) alive throughout")
-    p.add_argument("--extra-streams", type=int, default=0, help="streams taken from PyTorch's pool first")
-    p.add_argument(
-        "--no-waits", action="store_true", help="capture graphs without their event waits (cold answers are wrong)"
-    )
-    p.add_argument("--no-event-pool", action="store_true", help="fresh chunk events per engine, destroyed on close")
-    p.add_argument("--keep-engines", action="store_true", help="keep earlier models' engines alive (evicted)")
-    p.add_argument("--kernels", action="store_true", help="per-kernel GPU times of each graph engine (CUPTI)")
-    p.add_argument("--vmm-sizes", type=int, nargs="*", default=[], help="only time VMM calls for these MiB sizes")
-    p.add_argument("--vmm-align", type=int, nargs="*", default=[0, 2, 512], help="reserve alignments (MiB)")
-    args = p.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("this probe needs a GPU")
-    if args.vmm_sizes:
-        set_access_sweep(args.vmm_sizes, args.vmm_align)
-        return
-    _apply_variants(args)
     for name in args.models or ["resnet101", "gpt2-medium"]:
         if not args.no_arena:
             arena_costs(name)

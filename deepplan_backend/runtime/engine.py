@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import chunk_events
 from .arena import Arena, make_arena
 from .chunking import chunk_runs
 from .graphs import MAX_SHAPES, CapturedForward, Signature, capture_forward, shared_pool, signature
@@ -237,10 +236,6 @@ class ColdStartEngine:
         self.evict()
         for layout in self._layouts.values():
             layout.arena.close()
-            layout.captured.clear()  # the graphs that wait on the events go first
-            if layout.events:
-                chunk_events.give_back(self.copier.copy_stream.device.index, layout.events)  # type: ignore[attr-defined]
-                layout.events = None
         self._layouts.clear()
 
     def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -311,7 +306,12 @@ class ColdStartEngine:
             [CopyJob(0, store.buffer[:cursor], arena.tensor[:cursor])] if whole and cursor else layout.jobs
         )
         if self.graphs:
-            layout.events = chunk_events.take(len(chunks), self.copier.copy_stream)  # type: ignore[attr-defined]
+            layout.events = [torch.cuda.Event(external=True) for _ in chunks]
+            for event in layout.events:
+                # PyTorch creates an event lazily at its first record, and waiting on one never created is
+                # silently skipped, also while capturing: a graph captured before the first pipelined cold
+                # start (e.g. after On-Demand) would hold no wait nodes at all and read weights too early.
+                event.record(self.copier.copy_stream)  # type: ignore[attr-defined]
         return layout
 
     def _chunks(self, schedule: LoadSchedule, offsets: dict[int, int]) -> tuple[list[_Chunk], dict[int, int]]:

@@ -248,28 +248,3 @@ def test_served_model_warms_up_at_load_on_its_device_thread(tmp_path, monkeypatc
     finally:
         served.close()
         device.shutdown()
-
-
-def test_closed_engines_hand_their_chunk_events_to_the_next_and_replays_stay_correct() -> None:
-    """A closed engine's chunk events go back to the pool (never destroyed: see `chunk_events`); an engine made
-    after it reuses them, and its graph replays, which wait on those events, still answer right, cold and warm."""
-    from deepplan_backend.runtime import chunk_events
-
-    prepared = prepare("bert-base")
-    inputs = prepared.model.example_inputs(1)
-    expected = _reference("bert-base", "float32", inputs)
-    schedule = LoadSchedule.all_on_target(len(prepared.table))
-    first = ColdStartEngine(prepared.model, prepared.store, [torch.device("cuda", 0)], graphs=True)
-    _cold_then_warm(first, inputs, schedule, True, expected, "first engine")
-    count = len(first._layouts[schedule].events or [])
-    assert count > 1
-    before = chunk_events.pooled(0)
-    first.close()
-    assert chunk_events.pooled(0) == before + count
-    second = ColdStartEngine(prepared.model, prepared.store, [torch.device("cuda", 0)], graphs=True)
-    for cycle in range(CYCLES):
-        _cold_then_warm(second, inputs, schedule, True, expected, f"second engine #{cycle}")
-        second.evict()
-    assert chunk_events.pooled(0) == before  # the second engine took them all back out
-    assert second.replays_graph(schedule, inputs)
-    second.close()
