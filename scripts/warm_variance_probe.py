@@ -40,7 +40,9 @@ from deepplan_backend.runtime.prepared import prepare
 
 KEEP_ENGINES = False
 """``--keep-engines``: earlier models' engines (and their CUDA events and graphs) stay alive, evicted."""
-_kept: list[ColdStartEngine] = []
+KEEP_GRAPHS = False
+"""``--keep-graphs``: earlier engines close (arenas freed) but their captured graphs and events stay alive."""
+_kept: list[object] = []
 
 
 def engine_spread(name: str, engines: int, rounds: int, graphs: bool, kernels: bool = False) -> None:
@@ -69,6 +71,8 @@ def engine_spread(name: str, engines: int, rounds: int, graphs: bool, kernels: b
             compare_kernels(name, profiles)
     finally:
         for engine in pool:
+            if KEEP_GRAPHS:  # the graphs (and the events they wait on) outlive their closed engine
+                _kept.append([(lay.captured, lay.warm_graphs, lay.events) for lay in engine._layouts.values()])
             if KEEP_ENGINES:
                 engine.evict()
                 _kept.append(engine)
@@ -260,6 +264,7 @@ def main() -> None:
     p.add_argument(
         "--no-waits", action="store_true", help="capture graphs without their event waits (cold answers are wrong)"
     )
+    p.add_argument("--keep-graphs", action="store_true", help="keep earlier engines' graphs alive, close the rest")
     p.add_argument("--keep-engines", action="store_true", help="keep earlier models' engines alive (evicted)")
     p.add_argument("--kernels", action="store_true", help="per-kernel GPU times of each graph engine (CUPTI)")
     p.add_argument("--vmm-sizes", type=int, nargs="*", default=[], help="only time VMM calls for these MiB sizes")
@@ -276,8 +281,8 @@ def main() -> None:
         event.record()  # PyTorch creates the event at its first record
     torch.cuda.synchronize()
     del streams
-    global KEEP_ENGINES
-    KEEP_ENGINES = args.keep_engines
+    global KEEP_ENGINES, KEEP_GRAPHS
+    KEEP_ENGINES, KEEP_GRAPHS = args.keep_engines, args.keep_graphs
     if args.no_waits:
         import deepplan_backend.runtime.engine as engine_module
 

@@ -74,7 +74,8 @@ class _Layout:
     copied_bytes: int
     jobs: list[CopyJob] = field(default_factory=list)
     events: list[torch.cuda.Event] | None = None  # one per chunk, re-recorded each cold start (graph mode)
-    captured: dict[Signature, CapturedForward | None] = field(default_factory=dict)
+    captured: dict[Signature, CapturedForward | None] = field(default_factory=dict)  # cold: with the chunk waits
+    warm_graphs: dict[Signature, CapturedForward | None] = field(default_factory=dict)  # resident: without them
     demand_jobs: list[CopyJob] = field(default_factory=list)  # On-Demand: the same bytes in as few copies as possible
 
 
@@ -398,9 +399,13 @@ class ColdStartEngine:
             waits = [(self._modules[name], [layout.events[c] for c in ids]) for name, ids in layout.hooks]
             up_front = [layout.events[c] for c in layout.up_front]
             pool = shared_pool(self.device)  # here, under the caller's device serialisation (see shared_pool)
-            layout.captured[sig] = capture_forward(self.model.module, inputs, up_front, waits, pool)
-        captured = layout.captured[sig]
-        return captured.run(inputs) if captured is not None else self.model.module(**inputs)
+            cold = capture_forward(self.model.module, inputs, up_front, waits, pool)
+            layout.captured[sig] = cold
+            # Resident requests need no chunk waits, and on an H200 a graph's wait nodes cost ~50 us each in some
+            # processes (GPT-2-Medium: ~100 waits, warm 28.7 against 24.3 ms; `scripts/warm_variance_probe.py`).
+            layout.warm_graphs[sig] = capture_forward(self.model.module, inputs, [], [], pool) if cold else None
+        graph = layout.warm_graphs[sig] or layout.captured[sig]
+        return graph.run(inputs) if graph is not None else self.model.module(**inputs)
 
     def _pipelined_forward(
         self, inputs: dict[str, torch.Tensor], layout: _Layout, tokens: list[object]

@@ -2,9 +2,11 @@
 
 Eager PyTorch spends far more host time launching a small-batch forward than the GPU spends running it, so
 once DHA and PT shrink the copies the host bounds the cold start. A graph launches the whole forward at once.
-Because arena and DHA addresses survive eviction (see `arena.py`), one capture serves every later cold and
-warm request of the same input shape: the graph's event-wait nodes wait for the chunk events that the copy
-engine re-records on each cold start (events created with `external=True`), and are no-ops when warm.
+Because arena and DHA addresses survive eviction (see `arena.py`), one capture serves every later cold start
+with the same input shape: the graph's event-wait nodes wait for the chunk events that the copy engine
+re-records on each cold start (events created with `external=True`). Warm requests replay a second capture of
+the same forward without the wait nodes, made alongside: the waits would be no-ops when resident, yet on an
+H200 each cost ~50 us in some processes (see `engine._warm_forward`).
 
 Capture needs the model resident. It happens on the first warm request of each input shape (at most
 `MAX_SHAPES` per model and schedule; further shapes run eager); a forward that cannot be captured (host

@@ -141,6 +141,9 @@ def test_graph_replay_survives_evict_cycles(name: str) -> None:
         print(f"{name} {mode}: captured graphs {sum(g is not None for g in captured)}/{len(captured)}")
     if name != "gpt2":  # every layout's forward was captured: none silently stayed eager
         assert all(g is not None for layout in engine._layouts.values() for g in layout.captured.values())
+    for layout in engine._layouts.values():  # and warm requests replayed their own capture, without the waits
+        assert layout.warm_graphs.keys() == layout.captured.keys()
+        assert all((layout.warm_graphs[k] is None) == (g is None) for k, g in layout.captured.items())
     engine.close()
 
 
