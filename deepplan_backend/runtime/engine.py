@@ -20,7 +20,7 @@ from torch import nn
 
 from .arena import Arena, make_arena
 from .chunking import chunk_runs
-from .graphs import MAX_SHAPES, CapturedForward, Signature, capture_forward, shared_pool, signature
+from .graphs import MAX_SHAPES, CapturedForward, Signature, capture_forward, retire, shared_pool, signature
 from .host_store import HostStore
 from .layers import LayerTable
 from .plan import DHA, LoadSchedule
@@ -237,6 +237,7 @@ class ColdStartEngine:
         self.evict()
         for layout in self._layouts.values():
             layout.arena.close()
+            retire([*layout.captured.values(), *layout.warm_graphs.values()], layout.events)
         self._layouts.clear()
 
     def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

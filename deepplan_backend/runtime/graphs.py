@@ -21,9 +21,10 @@ before the next replay; static inputs and outputs stay allocated, so no graph re
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,28 @@ def shared_pool(device: torch.device) -> object:
                     scratch.add_(1)
             _pools[index] = (handle, keeper, scratch)
         return _pools[index][0]
+
+
+MAX_RETIRED = 256
+"""Graphs of closed engines kept alive (see `retire`); past this many, the oldest are destroyed."""
+_retired: collections.deque[object] = collections.deque(maxlen=MAX_RETIRED)
+
+
+def retire(graphs: Iterable[CapturedForward | None], events: Sequence[torch.cuda.Event] | None) -> None:
+    """Keep a closing engine's graphs, and the events their wait nodes wait on, alive for the rest of the process.
+
+    On 4 x H200 (session 7, ``scripts/warm_variance_probe.py --keep-graphs``), once graphs with event-wait nodes
+    had been destroyed, some graphs captured afterwards spent ~50 us in each wait node: GPT-2-Medium cold starts
+    took 40-42 ms instead of 32.5-34 ms, with the same kernel times. That hit every model loaded after the
+    planner's profiling engines closed, or after another model was unloaded. Keeping the destroyed graphs alive
+    removed it. A retired graph is never replayed (its weights' addresses are gone); it is kept as the probe kept
+    it, with its static input and output buffers (a few KB to 0.6 MB of device memory each).
+    """
+    for captured in graphs:
+        if captured is not None:
+            _retired.append(captured)
+    if events:
+        _retired.append(list(events))
 
 
 def signature(inputs: dict[str, torch.Tensor]) -> Signature:

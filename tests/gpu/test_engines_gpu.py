@@ -176,6 +176,7 @@ def test_graph_regime_profile_measures_gpu_time_and_its_plan_replays_correctly()
 def test_graphs_share_one_pool_that_outlives_every_model_and_shapes_are_capped() -> None:
     """Graphs of a GPU share one pool; it must survive the destruction of every graph captured into it (before the
     keeper graph, every capture after a closed engine's failed a PyTorch assertion and silently stayed eager)."""
+    from deepplan_backend.runtime import graphs
     from deepplan_backend.runtime.graphs import MAX_SHAPES, shared_pool
 
     prepared = prepare("tiny-bert")
@@ -187,7 +188,9 @@ def test_graphs_share_one_pool_that_outlives_every_model_and_shapes_are_capped()
         gone.infer(inputs, schedule)
         gone.infer(inputs, schedule)
         assert all(g is not None for g in gone._resident.captured.values())
+        retired = len(graphs._retired)
         gone.close()
+        assert len(graphs._retired) == min(graphs.MAX_RETIRED, retired + 3)  # cold and warm graph, and the events
         del gone
     assert shared_pool(target) is shared_pool(torch.device("cuda", 0))
     engine = ColdStartEngine(prepared.model, prepared.store, [target], graphs=True)
