@@ -174,7 +174,12 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
 
 def test_metrics_show_cold_starts_evictions_and_resident_bytes(server):
     http_infer(server, "bert-a", input_ids=ids())  # publishes bert-a's eviction, if any, and its resident bytes
-    text = metrics(server)
+    deadline = time.monotonic() + 10  # published by a background thread a moment after the response
+    while time.monotonic() < deadline:
+        text = metrics(server)
+        if metric_sum(text, "deepplan_resident_bytes", model="bert-a") == BERT_BYTES:
+            break
+        time.sleep(0.1)
     assert metric_sum(text, "deepplan_cold_starts_total", model="tiny-gpt2") >= 1
     assert metric_sum(text, "deepplan_cold_starts_total", model="bert-b") >= 2
     assert metric_sum(text, "deepplan_evictions_total") >= 1
