@@ -217,9 +217,15 @@ class HostedModel:
             names.append([k for k, _ in present])
             arrays += [v for _, v in present]
         start = time.perf_counter()
-        send_message(sock, {"op": "answer", "requests": names}, arrays)
+        # perf_counter is CLOCK_MONOTONIC, one clock for every process of the machine: the host and this front end
+        # time each direction of the hop with it (`up_ms`, `down_ms` in the trace).
+        send_message(sock, {"op": "answer", "requests": names, "sent_at": start}, arrays)
         reply, outputs = recv_message(sock)
-        exchange_ms = (time.perf_counter() - start) * 1e3
+        received = time.perf_counter()
+        exchange_ms = (received - start) * 1e3
+        hop = {"exchange_ms": exchange_ms}
+        if isinstance(reply.get("sent_at"), float):
+            hop["down_ms"] = (received - reply["sent_at"]) * 1e3
         if not reply.get("ok"):
             raise WireError(str(reply.get("error", "the host refused the request")))
         self._note_status(reply)
@@ -239,7 +245,7 @@ class HostedModel:
                     provision_ms=float(meta.get("provision_ms", 0.0)),
                     error=meta.get("error"),
                     invalid=bool(meta.get("invalid")),
-                    timing={**_timing(meta.get("timing")), "exchange_ms": exchange_ms},
+                    timing={**_timing(meta.get("timing")), **hop},
                 )
             )
         return answers

@@ -34,7 +34,9 @@ class Answer:
     invalid: bool = False
     timing: Mapping[str, float] = field(default_factory=dict)
     """Where the request's time went on the serving side, ms per phase (`PHASES`; with an engine host also
-    `host_ms`, its whole handling of the message, and `exchange_ms`, the front end's round trip to it)."""
+    `host_ms`, its whole handling of the message, `exchange_ms`, the front end's round trip to it, and the two
+    directions of that trip: `up_ms`, front end's send to the host's parsed message, `down_ms`, the host's send
+    to the front end's parsed reply)."""
 
     def cold_start_rows(self) -> np.ndarray:
         """The ``cold_start`` output: one ``[met a cold start 0/1, provisioning ms]`` row per batch row.
