@@ -66,8 +66,9 @@ def shared_pool(device: torch.device) -> object:
 
 MAX_RETIRED = 2048
 """Graphs (and event lists) of closed engines kept alive (see `retire`); past this many, the oldest are destroyed.
-A Fig. 10 run closes ~45 per model (profiling, plan checks, the table's engines): with 256, the effect came back
-from the seventh model on (GPT-2's replaced deepplan variant, the pipeline schedule itself, 14 % slower)."""
+A Fig. 10 run retires an estimated 45 per model (profiling, plan checks, the table's engines). With 256, the run
+of session 7's call 6 probably destroyed graphs again from about the seventh model on: there GPT-2's deepplan
+engine, running the pipeline schedule itself, was 14 % slower than its pipeline engine."""
 _retired: collections.deque[object] = collections.deque(maxlen=MAX_RETIRED)
 
 
