@@ -22,6 +22,14 @@ map 0.43 / 1.04 / 0.57 ms for ResNet-101 / BERT-Base / GPT-2-Medium, almost all 
 mostly cuMemRelease. `--vmm-sizes` (call 11): cuMemSetAccess costs ~2.4 us per MiB up to 418 MiB (0.99 ms), and
 0.4-0.8 ms from 512 MiB up, where cuMemCreate grows to 0.2-0.3 ms instead; rounding an arena up to 512 MiB would
 not make it cheaper, and the reserve alignment changes nothing.
+
+Session 7 (`results/logs/s7/`) found the engine-instance effect's mechanism with `--kernels` (per-kernel CUPTI times
+and each request's GPU timeline): slow engines run the same kernels in the same time, but spend ~50 us idle at each
+of the graph's event-wait nodes (GPT-2-Medium: 98 gaps, 4.6-5.2 ms per warm request; fast engines 0.3-0.7 ms).
+`--no-waits` (call 2), `--keep-engines` (call 3) and `--keep-graphs` (call 5) each made all engines alike; reusing
+the destroyed engines' CUDA events did not (call 4, a pool since reverted). So destroying graphs that hold wait
+nodes slows the wait nodes of some graphs captured afterwards. The engine now replays warm requests without waits
+and retires closed engines' graphs (`runtime/graphs.py`), which makes `--keep-graphs` a no-op.
 """
 
 from __future__ import annotations
