@@ -34,6 +34,8 @@ from deepplan_backend.runtime.plan import DHA, LayerProfile, LinkProfile, LoadSc
 from deepplan_backend.runtime.prepared import PreparedModel, gpu_name
 
 LINK_PROBE_BYTES = 256 << 20
+LINK_WARMUP_S = 0.3
+"""Every link copies this long before the bandwidths are timed (see `measure_links`)."""
 log = logging.getLogger(__name__)
 
 
@@ -221,6 +223,13 @@ def measure_links(devices: Sequence[torch.device], nbytes: int = LINK_PROBE_BYTE
         for s in streams:
             s.synchronize()
 
+    # An idle GPU's PCIe link can sit in a power-saving state and speed up only under load. In session 7's call 9
+    # (4 x H100, a fresh process) the single-GPU probe came first and read 36.9 GB/s, then 53 GB/s per GPU with two
+    # copying at once, and On-Demand's 475 MiB copy ran at about 50 GB/s or more. Not yet re-run with this warm-up.
+    deadline = time.perf_counter() + LINK_WARMUP_S
+    while time.perf_counter() < deadline:
+        copy_on(len(devices))()
+        sync_all()
     concurrent = {k: k * nbytes / _best_seconds(copy_on(k), sync_all) / 1e9 for k in range(1, len(devices) + 1)}
     p2p = concurrent[1]
     if len(devices) > 1:
