@@ -105,7 +105,7 @@ def measure_interleaved(
                 if k >= warmup:
                     cold[i].append(first.latency_ms)
                     warm[i].append(second.latency_ms)
-                    setup[i].append(first.phases.launch_ms if first.phases is not None else 0.0)
+                    setup[i].append(first.setup_ms)
                     copied[i] = first.copied_bytes
         # A graph is captured at an engine's first warm request, so by now it is settled whether cold starts replay one.
         replayed = [e.replays_graph(schedule, inputs) for e, (schedule, _) in zip(engines, schedules, strict=True)]

@@ -481,6 +481,6 @@ def profile_model(
             )
         steps.update()
     finally:
-        engine.close()  # also drops captured graphs and the address ranges reserved for the profile
+        engine.close()  # also frees the address ranges reserved for the profile (its graphs are retired)
         steps.close()
     return profile

@@ -68,7 +68,7 @@ def _cold_medians(
     return [
         (
             statistics.median(r.latency_ms for r in column),
-            statistics.median(r.phases.launch_ms if r.phases is not None else 0.0 for r in column),
+            statistics.median(r.setup_ms for r in column),
         )
         for column in columns
     ]

@@ -52,6 +52,11 @@ class InferenceResult:
     phases: ColdPhases | None = None
     """Milestones of a cold start (None when warm)."""
 
+    @property
+    def setup_ms(self) -> float:
+        """Host set-up of a cold start: request to the forward's first launch (0 when warm)."""
+        return self.phases.launch_ms if self.phases is not None else 0.0
+
 
 @dataclass(frozen=True)
 class _Chunk:
