@@ -29,7 +29,8 @@ of the graph's event-wait nodes (GPT-2-Medium: 98 gaps, 4.6-5.2 ms per warm requ
 `--no-waits` (call 2), `--keep-engines` (call 3) and `--keep-graphs` (call 5) each made all engines alike; reusing
 the destroyed engines' CUDA events did not (call 4, a pool since reverted). So destroying graphs that hold wait
 nodes slows the wait nodes of some graphs captured afterwards. The engine now replays warm requests without waits
-and retires closed engines' graphs (`runtime/graphs.py`), which makes `--keep-graphs` a no-op.
+and retires closed engines' graphs (`runtime/graphs.py`), which is what `--keep-graphs` did (an option since
+removed: the engine does it now).
 """
 
 from __future__ import annotations
@@ -48,9 +49,7 @@ from deepplan_backend.runtime.prepared import prepare
 
 KEEP_ENGINES = False
 """``--keep-engines``: earlier models' engines (and their CUDA events and graphs) stay alive, evicted."""
-KEEP_GRAPHS = False
-"""``--keep-graphs``: earlier engines close (arenas freed) but their captured graphs and events stay alive."""
-_kept: list[object] = []
+_kept: list[ColdStartEngine] = []
 
 
 def engine_spread(name: str, engines: int, rounds: int, graphs: bool, kernels: bool = False) -> None:
@@ -79,8 +78,6 @@ def engine_spread(name: str, engines: int, rounds: int, graphs: bool, kernels: b
             compare_kernels(name, profiles)
     finally:
         for engine in pool:
-            if KEEP_GRAPHS:  # the graphs (and the events they wait on) outlive their closed engine
-                _kept.append([(lay.captured, lay.warm_graphs, lay.events) for lay in engine._layouts.values()])
             if KEEP_ENGINES:
                 engine.evict()
                 _kept.append(engine)
@@ -272,7 +269,6 @@ def main() -> None:
     p.add_argument(
         "--no-waits", action="store_true", help="capture graphs without their event waits (cold answers are wrong)"
     )
-    p.add_argument("--keep-graphs", action="store_true", help="keep earlier engines' graphs alive, close the rest")
     p.add_argument("--keep-engines", action="store_true", help="keep earlier models' engines alive (evicted)")
     p.add_argument("--kernels", action="store_true", help="per-kernel GPU times of each graph engine (CUPTI)")
     p.add_argument("--vmm-sizes", type=int, nargs="*", default=[], help="only time VMM calls for these MiB sizes")
@@ -289,8 +285,8 @@ def main() -> None:
         event.record()  # PyTorch creates the event at its first record
     torch.cuda.synchronize()
     del streams
-    global KEEP_ENGINES, KEEP_GRAPHS
-    KEEP_ENGINES, KEEP_GRAPHS = args.keep_engines, args.keep_graphs
+    global KEEP_ENGINES
+    KEEP_ENGINES = args.keep_engines
     if args.no_waits:
         import deepplan_backend.runtime.engine as engine_module
 
