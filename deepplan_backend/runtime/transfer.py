@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -81,10 +81,14 @@ class CpuCopyEngine:
         """Nothing staged."""
 
 
-STAGING_SLOT_BYTES = 8 << 20
-STAGING_SLOTS = 4
-"""A peer forwards through a small ring of staging slots: 32 MiB per peer GPU per process, whatever the model
-size, instead of a staging copy of its whole share (which would cost a cudaMalloc on every cold start)."""
+STAGING_SLOT_BYTES = 24 << 20
+STAGING_SLOTS = 3
+"""A peer forwards through a small ring of staging slots: 72 MiB per (peer, target) pair per process, whatever
+the model size, instead of a staging copy of its whole share (which would cost a cudaMalloc on every cold start).
+A slot holds the largest weight of the zoo's transformer layers (GPT-2-Medium's 16 MiB MLP matrices) whole: the
+host issues every piece before the forward launches, at ~25 us each with 8 MiB slots (session 8, 4 x H200), so
+fewer, larger pieces shorten a PT cold start's set-up. Three slots keep the peer's PCIe link busy while the
+target pulls."""
 
 
 class _PeerLane:
@@ -95,18 +99,35 @@ class _PeerLane:
     to a freshly mapped arena costs as much as mapping it again, on every cold start). Engines that share the
     lane issue into the same streams, so ring reuse is ordered by the streams; a lock keeps one engine's
     pieces from interleaving with another's while issuing.
+
+    Each ring slot owns two driver events, re-recorded for every piece it carries: `staged` (the peer's copy
+    into the slot is done; recorded on the peer) and `freed` (the target has pulled it; recorded on the
+    target). A stream wait binds to the event's latest record when it is issued, and every wait on a slot's
+    event is issued before that event's next record, so reusing them is exact and costs no event creation.
     """
 
-    def __init__(self, peer: torch.device, target: torch.device, cu: object) -> None:
+    def __init__(self, peer: torch.device, target: torch.device, cu: Any) -> None:
         _enable_peer_access(target, peer)
         self.h2d = torch.cuda.Stream(peer)
         self.pull = torch.cuda.Stream(target)
         self.ring = torch.empty(STAGING_SLOTS * STAGING_SLOT_BYTES, dtype=torch.uint8, device=peer)
-        self.slot_free: list[torch.cuda.Event | None] = [None] * STAGING_SLOTS
+        self.staged = [_driver_event(cu, peer) for _ in range(STAGING_SLOTS)]
+        self.freed = [_driver_event(cu, target) for _ in range(STAGING_SLOTS)]
+        self.used = [False] * STAGING_SLOTS  # whether the slot's `freed` was ever recorded
         self.next_slot = 0
         self.lock = threading.Lock()
-        self.h2d_handle = cu.CUstream(self.h2d.cuda_stream)  # type: ignore[attr-defined]
-        self.pull_handle = cu.CUstream(self.pull.cuda_stream)  # type: ignore[attr-defined]
+        self.h2d_handle = cu.CUstream(self.h2d.cuda_stream)
+        self.pull_handle = cu.CUstream(self.pull.cuda_stream)
+
+
+def _driver_event(cu: Any, device: torch.device) -> Any:
+    """A timing-free driver event in `device`'s primary context (an event is recorded on its own device only)."""
+    with torch.cuda.device(device):
+        torch.cuda.current_stream()  # makes the device's primary context current on this thread
+        err, event = cu.cuEventCreate(cu.CUevent_flags.CU_EVENT_DISABLE_TIMING)
+    if err != cu.CUresult.CUDA_SUCCESS:
+        raise DeviceError(f"cuEventCreate on {device} failed: {err}")
+    return event
 
 
 def _enable_peer_access(target: torch.device, peer: torch.device) -> None:
@@ -165,6 +186,10 @@ class CudaCopyEngine:
         if err != self._cu.CUresult.CUDA_SUCCESS:
             raise DeviceError(f"cuMemcpyAsync of {nbytes} bytes failed: {err}")
 
+    def _call(self, result: tuple[Any, ...], what: str) -> None:
+        if result[0] != self._cu.CUresult.CUDA_SUCCESS:
+            raise DeviceError(f"{what} failed: {result[0]}")
+
     def issue(self, jobs: Sequence[CopyJob], events: Sequence[object] | None = None) -> list[object]:
         """Start target copies first (they are needed first), then each peer's share in layer order."""
         tokens: list[object] = [None] * len(jobs)
@@ -187,27 +212,26 @@ class CudaCopyEngine:
                 lane.pull.wait_stream(compute)  # the target's previous use of these bytes is over
                 for k, job in enumerate(jobs):
                     if job.slot == s + 1:
-                        last = self._forward_through(lane, job)
-                        tokens[k] = last if self._events is None else self._mark(k, lane.pull)
+                        self._forward_through(lane, job)
+                        tokens[k] = self._mark(k, lane.pull)
 
-    def _forward_through(self, lane: _PeerLane, job: CopyJob) -> object:
-        """Copy one job over the peer's link in ring-slot-sized pieces; returns the last piece's event."""
+    def _forward_through(self, lane: _PeerLane, job: CopyJob) -> None:
+        """Copy one job over the peer's link in ring-slot-sized pieces, each pulled over NVLink once staged."""
+        cu = self._cu
         src, dst, total = job.src.data_ptr(), job.dst.data_ptr(), job.src.numel()
-        done: object = None
         for offset in range(0, total, STAGING_SLOT_BYTES):
             n = min(STAGING_SLOT_BYTES, total - offset)
             slot = lane.next_slot
             lane.next_slot = (slot + 1) % STAGING_SLOTS
             stage = lane.ring.data_ptr() + slot * STAGING_SLOT_BYTES
-            freed = lane.slot_free[slot]
-            if freed is not None:
-                lane.h2d.wait_event(freed)  # the slot's previous bytes have been forwarded
+            if lane.used[slot]:  # the slot's previous bytes must have been pulled before it is overwritten
+                self._call(cu.cuStreamWaitEvent(lane.h2d_handle, lane.freed[slot], 0), "cuStreamWaitEvent")
             self._memcpy(stage, src + offset, n, lane.h2d_handle)
-            lane.pull.wait_event(_record(lane.h2d))
+            self._call(cu.cuEventRecord(lane.staged[slot], lane.h2d_handle), "cuEventRecord")
+            self._call(cu.cuStreamWaitEvent(lane.pull_handle, lane.staged[slot], 0), "cuStreamWaitEvent")
             self._memcpy(dst + offset, stage, n, lane.pull_handle)
-            done = _record(lane.pull)
-            lane.slot_free[slot] = done  # type: ignore[assignment]
-        return done
+            self._call(cu.cuEventRecord(lane.freed[slot], lane.pull_handle), "cuEventRecord")
+            lane.used[slot] = True
 
     def _mark(self, k: int, stream: torch.cuda.Stream) -> object:
         """Record job k's completion on `stream`: into the caller's event if given, else a new one."""

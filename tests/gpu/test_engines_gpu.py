@@ -254,3 +254,30 @@ def test_served_model_warms_up_at_load_on_its_device_thread(tmp_path, monkeypatc
     finally:
         served.close()
         device.shutdown()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+@pytest.mark.parametrize("with_events", [False, True])
+def test_peer_lane_ring_wraps_without_corrupting_bytes(with_events: bool) -> None:
+    """Jobs larger than a staging slot, and more pieces than the ring has slots, arrive intact over a peer: the
+    ring's reused slot events must order every overwrite after the previous pull."""
+    from deepplan_backend.runtime.transfer import STAGING_SLOT_BYTES, STAGING_SLOTS, CopyJob, CudaCopyEngine
+
+    target, peer = torch.device("cuda", 0), torch.device("cuda", 1)
+    sizes = [1, STAGING_SLOT_BYTES * 2 + 4097, 12345, STAGING_SLOT_BYTES, STAGING_SLOT_BYTES // 3 + 1]
+    assert sum(-(-n // STAGING_SLOT_BYTES) for n in sizes) > STAGING_SLOTS
+    gen = torch.Generator().manual_seed(0)
+    src = [torch.randint(0, 256, (n,), dtype=torch.uint8, generator=gen).pin_memory() for n in sizes]
+    dst = [torch.zeros(n, dtype=torch.uint8, device=target) for n in sizes]
+    engine = CudaCopyEngine(target, [peer])
+    jobs = [CopyJob(1 if k % 4 else 0, s, d) for k, (s, d) in enumerate(zip(src, dst, strict=True))]
+    for _ in range(2):  # the second round reuses slots whose events the first one recorded
+        for d in dst:
+            d.zero_()
+        with torch.cuda.device(target):
+            events = [torch.cuda.Event() for _ in jobs] if with_events else None
+            for token in engine.issue(jobs, events):
+                engine.wait(token)
+            torch.cuda.current_stream(target).synchronize()
+        for k, (s, d) in enumerate(zip(src, dst, strict=True)):
+            assert torch.equal(d.cpu(), s), f"job {k} ({sizes[k]} bytes) arrived corrupted"
