@@ -281,7 +281,7 @@ def fit_peer_issue(profile: ModelProfile, schedule: LoadSchedule, measured: Sequ
     """The profile's links with `peer_chunk_ms` fitted on real PT cold starts of `schedule` (host terms fitted).
 
     A PT cold start's set-up exceeds the single-GPU one by the host work of each chunk a peer copies (measured
-    on 4 x H200: ~2 ms of set-up on one GPU, 5-8 ms on two or four for 1.4 GB models), so that excess, per peer
+    on 4 x H200: ~2 ms of set-up on one GPU, 3-4 ms on two or four for 1.4 GB models), so that excess, per peer
     chunk, is the term.
     """
     from .simulate import peer_chunk_count
