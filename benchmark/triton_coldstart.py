@@ -153,6 +153,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--eager", action="store_true", help="deepplan parameter graphs=false (default: CUDA graph replay on GPU)"
     )
+    p.add_argument(
+        "--process",
+        choices=("shared", "instance"),
+        default="shared",
+        help="deepplan parameter process: the engine host of the target GPU (default) or each model's own stub",
+    )
     p.add_argument("--devices", default="auto", help='deepplan "devices" parameter: auto or ids, target first')
     p.add_argument("--seq-len", type=int, default=None, help="tokens per text request (default: the model's)")
     p.add_argument("--warm", type=int, default=None, help="warm requests per model (default 20)")
@@ -309,6 +315,7 @@ def deepplan_config(name: str, model: str, args: argparse.Namespace, lay: Layout
     if args.seq_len:
         params["seq_len"] = str(args.seq_len)
     params["graphs"] = "false" if args.eager else "true"
+    params["process"] = args.process
     gpu_kind = lay.gpu and args.triton_kind == "gpu"
     return config_pbtxt(
         name,

@@ -3,8 +3,8 @@
 # that one slow step cannot take the others' logs with it. One device call (10 min) holds only some steps: see
 # results/README.md ("Re-running everything on a device") for the order. Logs and CSVs go to OUT/logs
 # (default $OUT, else results/device), tarred at the end. Wheels: scripts/device_wheels.sh, installed first.
-#   scripts/device_suite.sh [STEP ...]     steps: tests triton triton_eager engine fig10 scale fig12
-#                                          limit limit_eager (default: all but limit_eager)
+#   scripts/device_suite.sh [STEP ...]     steps: tests triton triton_eager triton_instance engine fig10 scale
+#                                          fig12 limit limit_eager (default: all but limit_eager)
 # SUITE_BUDGET_S (default 580): the whole run's limit; a step gets at most what is left of it, minus 15 s for
 # the tar, so that a device call's own limit never kills the run before its logs are packed.
 # FIG12_INSTANCES / FIG12_RATE / FIG12_DURATION_S (default "20 40 80" / 100 / 20): the paper's 4-GPU point set;
@@ -41,6 +41,9 @@ for step in $steps; do
             --models bert-base resnet50 --instances 8 --budget 2GiB ;;
         triton_eager) run triton_coldstart_eager 240 python3 -m benchmark.triton_coldstart --eager \
             --out "$L/triton_eager" --models bert-base resnet50 --instances 8 --budget 2GiB --skip-load-compare ;;
+        # The same with each model's engine in its own stub (no hop to an engine host; a CUDA context per model).
+        triton_instance) run triton_coldstart_instance 240 python3 -m benchmark.triton_coldstart --process instance \
+            --out "$L/triton_instance" --models bert-base resnet50 --instances 8 --budget 2GiB --skip-load-compare ;;
         engine) run engine_standalone 120 python3 -m benchmark --table -m bert-base -m resnet50 --make-plans \
             -p "$L/plans" --configs demand:0 deepplan:0,1 -n 8 --warmup 2 -o "$L/engine_standalone.csv" ;;
         # --graphs: the backend's default regime; FIG10_ARGS="" gives the eager table of session 1.
