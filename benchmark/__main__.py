@@ -23,7 +23,7 @@ from planner.__main__ import default_plan_repo, device_counts_for, non_negative_
 from planner.device_planning import plan_on_devices
 from planner.profiler import measure_links
 
-from .measure import Measurement, Run, measure_interleaved
+from .measure import Measurement, Run, measure_interleaved, plain_model_output
 from .table import default_configs, parse_config, write_results
 
 
@@ -100,14 +100,19 @@ def run_table(args: argparse.Namespace, repo: Path) -> int:
         if args.make_plans or any(engine == "deepplan" for engine, _ in configs):
             plan = obtain_plan(prepared, args, repo, all_devices)
         runs = [Run(engine, tuple(resolve_devices(list(ids))), links[ids], args.graphs) for engine, ids in configs]
-        results = measure_interleaved(prepared, runs, plan, args.batch_size, args.seq_len, args.repeats, args.warmup)
+        inputs = prepared.model.example_inputs(args.batch_size, args.seq_len)
+        plain = plain_model_output(name, args.dtype, runs[0].devices[0], inputs)
+        results = measure_interleaved(
+            prepared, runs, plan, args.batch_size, args.seq_len, args.repeats, args.warmup, plain_output=plain
+        )
         for result in results:
             rows.append(result)
             shown = ",".join(str(d) for d in result.devices if d >= 0) or str(all_devices[0])
             predicted = result.predicted_ms if result.predicted_ms is not None else float("nan")
             print(
                 f"{name:14s} {result.engine:9s} d={shown:8s} cold {result.cold_ms:8.3f} ms  "
-                f"warm {result.warm_ms:7.3f}  limit {result.limit_ms:7.3f}  pred {predicted:8.3f}",
+                f"warm {result.warm_ms:7.3f}  limit {result.limit_ms:7.3f}  pred {predicted:8.3f}  "
+                f"vs plain model {result.plain_max_abs_diff:.1e}",
                 flush=True,
             )
         write_results(rows, args.output, gpu_name(all_devices[0]), args.dtype)

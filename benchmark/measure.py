@@ -18,6 +18,7 @@ from deepplan_backend.runtime.engine import ColdStartEngine
 from deepplan_backend.runtime.plan import LinkProfile, Plan
 from deepplan_backend.runtime.prepared import PreparedModel
 from deepplan_backend.runtime.schedules import schedule_for
+from deepplan_backend.runtime.zoo import load_model
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class Measurement:
     reference_finite: bool = True
     """Whether the reference output (the first configuration's) is finite: a model that overflows in a dtype (e.g.
     a deep ResNet with random weights in float16) cannot tell right from wrong."""
+    plain_max_abs_diff: float | None = None
+    """Largest |output - the plain transformers model's output| over this configuration's outputs (None: not given)."""
 
 
 def load_bound_ms(copied_bytes: int, links: LinkProfile, num_devices: int) -> float:
@@ -72,11 +75,13 @@ def measure_interleaved(
     seq_len: int | None = None,
     repeats: int = 10,
     warmup: int = 3,
+    plain_output: torch.Tensor | None = None,
 ) -> list[Measurement]:
     """Measure several configurations of one model, taking their samples in turn.
 
     Round-robin sampling spreads slow phases of a shared machine (other tenants, clock changes) over every
-    configuration alike, so their ratios stay meaningful even when absolute times drift.
+    configuration alike, so their ratios stay meaningful even when absolute times drift. `plain_output` (see
+    `plain_model_output`) adds each configuration's distance from the plain model.
     """
     inputs = prepared.model.example_inputs(batch_size, seq_len)
     engines, schedules = [], []
@@ -88,6 +93,7 @@ def measure_interleaved(
     setup: list[list[float]] = [[] for _ in runs]
     copied = [0] * len(runs)
     diff = [0.0] * len(runs)
+    plain = [0.0] * len(runs)
     reference: torch.Tensor | None = None
     try:
         for k in range(warmup + repeats):
@@ -99,9 +105,9 @@ def measure_interleaved(
                 if reference is None:
                     reference = first.output.float()
                 for result in (first, second):
-                    gap = (result.output.float() - reference).abs().max().item() if reference.numel() else 0.0
-                    if diff[i] == diff[i] and not gap <= diff[i]:  # a NaN, once seen, stays (max() drops it)
-                        diff[i] = gap
+                    diff[i] = _max_gap(diff[i], result.output, reference)
+                    if plain_output is not None:
+                        plain[i] = _max_gap(plain[i], result.output, plain_output)
                 if k >= warmup:
                     cold[i].append(first.latency_ms)
                     warm[i].append(second.latency_ms)
@@ -129,6 +135,28 @@ def measure_interleaved(
             graph_replayed=replayed[i],
             cold_setup_ms=statistics.median(setup[i]),
             reference_finite=finite,
+            plain_max_abs_diff=plain[i] if plain_output is not None else None,
         )
         for i, run in enumerate(runs)
     ]
+
+
+def _max_gap(so_far: float, output: torch.Tensor, reference: torch.Tensor) -> float:
+    """max(so_far, |output - reference|.max()), where a NaN, once seen, stays (max() would drop it)."""
+    gap = (output.float() - reference).abs().max().item() if reference.numel() else 0.0
+    return gap if so_far == so_far and not gap <= so_far else so_far
+
+
+def plain_model_output(name: str, dtype: str, device: torch.device, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The plain `transformers` model's output for `inputs` on `device` (FP32, on the CPU), then freed.
+
+    Built like the engines' model (same zoo name or checkpoint folder, dtype and seed: identical weights) and run
+    the ordinary way, `.to(device)` and a forward: the output every engine must reproduce.
+    """
+    plain = load_model(name, dtype=dtype).module.to(device)
+    with torch.inference_mode():
+        out = plain(**{k: v.to(device) for k, v in inputs.items()}).float().cpu()
+    del plain
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the engines' arenas map device memory themselves
+    return out

@@ -29,6 +29,7 @@ COLUMNS = (
     "copied_bytes",
     "samples",
     "max_abs_diff",
+    "plain_max_abs_diff",
     "graph_replayed",
     "gpu_name",
     "date",

@@ -136,6 +136,7 @@ def test_table_mode_writes_csv_and_json(dirs, capsys: pytest.CaptureFixture[str]
         assert row["devices"] != ""
         assert float(row["cold_ms"]) == pytest.approx(record["cold_ms"], abs=1e-4)
         assert 0 <= record["max_abs_diff"] < 1e-5  # every engine's output checked against On-Demand's
+        assert 0 <= record["plain_max_abs_diff"] < 1e-4  # ... and against the plain transformers model's
 
 
 def test_table_mode_without_deepplan_needs_no_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

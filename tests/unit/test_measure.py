@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmark.coldstart_limit import _notes
-from benchmark.measure import Run, measure_interleaved
+from benchmark.measure import Run, measure_interleaved, plain_model_output
 from deepplan_backend.runtime.plan import LinkProfile
 from deepplan_backend.runtime.prepared import prepare
 
@@ -38,3 +38,15 @@ def test_a_reference_that_overflows_is_reported_not_judged() -> None:
     assert not results[0].reference_finite and math.isnan(results[0].max_abs_diff)
     assert "NOT CHECKED" in _notes(None, math.nan, "float16", True)
     assert "WRONG OUTPUT" in _notes(False, 0.5, "float16", True) and "GRAPH" in _notes(True, 0.0, "float32", False)
+
+
+def test_distance_from_the_plain_model_is_measured_and_shows_a_wrong_reference() -> None:
+    prepared = prepare("tiny-bert")
+    inputs = prepared.model.example_inputs(1)
+    plain = plain_model_output("tiny-bert", "float32", CPU, inputs)
+    runs = [Run("demand", (CPU,), LINKS), Run("pipeline", (CPU,), LINKS)]
+    results = measure_interleaved(prepared, runs, None, repeats=1, warmup=0, plain_output=plain)
+    assert all(r.plain_max_abs_diff is not None and r.plain_max_abs_diff <= 1e-5 for r in results)
+    shifted = measure_interleaved(prepared, runs[:1], None, repeats=1, warmup=0, plain_output=plain + 0.5)
+    assert shifted[0].plain_max_abs_diff == pytest.approx(0.5, abs=1e-4)
+    assert measure_interleaved(prepared, runs[:1], None, repeats=1, warmup=0)[0].plain_max_abs_diff is None
