@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 from deepplan_backend.runtime import served_model
 from deepplan_backend.runtime.answer import PHASES
@@ -204,5 +206,30 @@ def test_a_warm_request_may_release_after_its_answer_and_a_cold_one_never(tmp_pa
         entry = served.residency.snapshot()["models"]["d#0"]
         assert entry["last_used"] > clock and not entry["in_use"] and entry["bytes"] == served.engine.resident_bytes
         served.settle()  # nothing pending: no change
+    finally:
+        served.close()
+
+
+def test_text_validation_names_each_bad_input_and_passes_good_ones_through(tmp_path: Path) -> None:
+    served = ServedModel(_settings(tmp_path, "64MiB"), "m#v", 4)
+    try:
+        ids = np.arange(8, dtype=np.int64)[None]
+        mask = np.ones_like(ids)
+        good = served.validate({"input_ids": ids, "attention_mask": mask})
+        assert set(good) == {"input_ids", "attention_mask"}
+        assert torch.equal(good["input_ids"], torch.from_numpy(ids)) and good["attention_mask"].dtype == torch.int64
+        vocab = served.model.vocab_size
+        bad = [
+            ({"input_ids": ids - 1}, "token id -1 out of range"),
+            ({"input_ids": ids + vocab}, f"token id {vocab + 7} out of range"),
+            ({"input_ids": ids, "attention_mask": mask * 2}, "values must be 0 or 1"),
+            ({"input_ids": ids, "attention_mask": -mask}, "values must be 0 or 1"),
+            ({"input_ids": ids, "attention_mask": mask[:, :4]}, "differs from input_ids"),
+            ({"input_ids": ids[:, :0]}, "empty sequence"),
+            ({"input_ids": ids.astype(np.int32)}, "expected INT64"),
+        ]
+        for arrays, needle in bad:
+            with pytest.raises(served_model.RequestError, match=needle):
+                served.validate(arrays)
     finally:
         served.close()
