@@ -179,14 +179,17 @@ class _Host:
         sent_at = header.get("sent_at")
         up_ms = (start - sent_at) * 1e3 if isinstance(sent_at, float) else None
         # Validation here; budget and device work on the device thread; the budget's release after the reply.
+        answers: list[Any] = []
         try:
             answers = served.answer(requests, defer_release=True)
             self._reply(conn, served, start, answers, up_ms)
         finally:
-            # The front end reads the reply before the release competes with it for a core: without the pause,
-            # its wake-up waited for `settle` (reply to parsed 0.8 ms against 0.4 ms, 2-core host, tiny-bert). A
-            # request that arrives meanwhile goes first; its own reply's release covers this one's.
-            if not _readable_within(conn, SETTLE_PAUSE_S):
+            # A cold start's release at once: until then its model counts as in use, and another model's request
+            # may need the room. A warm one's waits a moment, so the front end reads the reply before the release
+            # competes with it for a core: without the pause, its wake-up waited for `settle` (reply to parsed 0.8
+            # ms against 0.4 ms, 2-core host, tiny-bert). A request that arrives meanwhile goes first; its own
+            # reply's release covers this one's.
+            if any(a.cold for a in answers) or not _readable_within(conn, SETTLE_PAUSE_S):
                 served.settle()
 
     def _reply(self, conn: socket.socket, served: Any, start: float, answers: list[Any], up_ms: float | None) -> None:

@@ -516,7 +516,7 @@ class ServedModel:
         return result.output, result.cold, elapsed_ms if result.cold else 0.0, timing
 
     def _run_locked(self, inputs: dict[str, torch.Tensor], timing: dict[str, float], defer: bool) -> InferenceResult:
-        """Cold or warm forward, then the budget's release (`defer`: a warm one's waits for `settle`); needs `_lock`.
+        """Cold or warm forward, then the budget's release (`defer`: it waits for `settle`); needs `_lock`.
 
         A warm request takes no budget first (the model holds its bytes already), saving a locked state-file
         update per request (~1 ms on a busy host). It is then not marked in use, so another process may pick
@@ -531,9 +531,9 @@ class ServedModel:
         except BaseException:
             self._release_locked(timing)  # a failed request's reservation goes back at once
             raise
-        if defer and not result.cold:
+        if defer:
             self._unreleased = True
-        else:  # a cold start's reservation must turn into resident bytes (or room) before others plan evictions
+        else:
             self._release_locked(timing)
         return result
 
@@ -546,12 +546,12 @@ class ServedModel:
             timing["release_ms"] = (time.perf_counter() - released) * 1e3
 
     def settle(self) -> None:
-        """Release the budget of warm requests answered with ``defer_release`` (an engine host: after the reply).
+        """Release the budget of requests answered with ``defer_release`` (an engine host: after the reply).
 
-        A warm request's release only moves the model's LRU clock, but it is a locked update of the shared state
-        file (0.5-0.9 ms on the device hosts): done after the reply, the client does not wait for it. A cold
-        start's release is never deferred: until it runs the model counts as in use, and a request of another
-        model needing its room would have to wait for it.
+        The release is a locked update of the shared state file (0.4-0.6 ms of every cold start on the device
+        hosts, session 8): done after the reply, the client does not wait for it. Until it runs, the model counts
+        as in use, so the host settles a cold start's release right after its reply (another model's request may
+        need the room); a warm one's only moves the LRU clock and may wait (`engine_host.SETTLE_PAUSE_S`).
         """
         with self._lock:
             if self._unreleased:

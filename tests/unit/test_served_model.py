@@ -188,14 +188,17 @@ def test_an_eviction_asked_during_a_warm_request_waits_for_it_and_the_budget_sta
         b.close()
 
 
-def test_a_warm_request_may_release_after_its_answer_and_a_cold_one_never(tmp_path: Path) -> None:
-    """An engine host answers first and releases after (`settle`) — for warm requests only, whose release just
-    moves the LRU clock; a cold start's reservation becomes resident bytes before the answer."""
+def test_a_deferred_release_waits_for_settle_cold_or_warm(tmp_path: Path) -> None:
+    """An engine host answers first and releases after (`settle`). Until then a cold start's model counts as in use
+    with its reservation; the release records its resident bytes and moves its LRU clock."""
     served = ServedModel(_settings(tmp_path, "64MiB"), "d#0", 1)
     x = np.random.default_rng(4).integers(0, 1000, (1, 8), dtype=np.int64)
     try:
         cold = served.answer([{"input_ids": x}], defer_release=True)[0]
-        assert cold.cold and cold.timing["release_ms"] > 0
+        assert cold.cold and cold.timing["release_ms"] == 0.0
+        entry = served.residency.snapshot()["models"]["d#0"]
+        assert entry["in_use"] and entry["bytes"] == served.need_bytes  # still the reservation
+        served.settle()
         entry = served.residency.snapshot()["models"]["d#0"]
         assert not entry["in_use"] and entry["resident"] and entry["bytes"] == served.engine.resident_bytes > 0
         clock = entry["last_used"]
@@ -206,6 +209,8 @@ def test_a_warm_request_may_release_after_its_answer_and_a_cold_one_never(tmp_pa
         entry = served.residency.snapshot()["models"]["d#0"]
         assert entry["last_used"] > clock and not entry["in_use"] and entry["bytes"] == served.engine.resident_bytes
         served.settle()  # nothing pending: no change
+        again = served.answer([{"input_ids": x}])[0]  # without defer_release (process: instance): released at once
+        assert not again.cold and not served.residency.snapshot()["models"]["d#0"]["in_use"]
     finally:
         served.close()
 
