@@ -116,6 +116,7 @@ def test_table_mode_writes_csv_and_json(dirs, capsys: pytest.CaptureFixture[str]
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert f"wrote {csv_path}" in captured.out
+    assert csv_path.with_suffix(".png").is_file()  # the bar chart beside it (matplotlib is a dev dependency)
     assert (dirs["table_repo"] / PLAN_FILE).is_file()  # --make-plans planned the missing model
     with csv_path.open(newline="") as fh:
         reader = csv.DictReader(fh)
