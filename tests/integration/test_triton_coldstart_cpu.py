@@ -73,6 +73,7 @@ def test_quick_run_writes_complete_correct_results(tmp_path):
     assert t["answer"] >= t["exchange"] >= t["host"] >= t["engine"] > 0 and t["host"] >= t["validate"] > 0, t
     assert bert["budget_respected"] == "True"
 
+    assert (out / "triton_coldstart.png").read_bytes()[:4] == b"\x89PNG"  # the breakdown, drawn from the trace
     doc = json.loads((out / "triton_coldstart.json").read_text())
     assert doc["all_correct"] is True and doc["errors"] == []
     assert doc["per_model"]["tiny-bert"]["loads"]["triton_correct"] is True
