@@ -71,7 +71,8 @@ def read_rows(paths: Sequence[Path]) -> list[dict[str, str]]:
     for path in paths:
         with path.open(newline="") as fh:
             reader = csv.DictReader(fh)
-            if "trace_answer_ms" not in (reader.fieldnames or []) or "client_cold_ms" not in reader.fieldnames:
+            fields = reader.fieldnames or []
+            if "trace_answer_ms" not in fields or "client_cold_ms" not in fields:
                 raise BreakdownError(f"{path}: not a triton_coldstart CSV (no client_cold_ms / trace_* columns)")
             rows += list(reader)
     return rows

@@ -91,7 +91,7 @@ def plot_fig10(rows: Sequence[dict[str, str]], path: Path, title: str = "") -> P
         floor = warm[model]
         if floor is not None:
             ax.hlines(floor / demand[model], i - 0.42, i + 0.42, colors="grey", linestyles=":", zorder=2,
-                      label="warm (forward alone)" if i == 0 else None)  # fmt: skip
+                      label="warm (forward alone)" if i == 0 else "_nolegend_")  # fmt: skip
         for config in configs:
             row = by_key.get((model, config))
             cold = _number(row, "cold_ms") if row is not None else None
