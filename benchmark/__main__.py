@@ -23,8 +23,9 @@ from planner.__main__ import default_plan_repo, device_counts_for, non_negative_
 from planner.device_planning import plan_on_devices
 from planner.profiler import measure_links
 
-from .fig10_plot import TableError, plot_fig10, read_table
+from . import fig10_plot
 from .measure import Measurement, Run, measure_interleaved, plain_model_output
+from .plot_files import draw_beside
 from .table import default_configs, parse_config, write_results
 
 
@@ -119,21 +120,8 @@ def run_table(args: argparse.Namespace, repo: Path) -> int:
         write_results(rows, args.output, gpu_name(all_devices[0]), args.dtype)
         del prepared
     print(f"wrote {args.output} and {args.output.with_suffix('.json')}")
-    _draw(args.output)
+    draw_beside(args.output, fig10_plot.draw, fig10_plot.TableError, "benchmark.fig10_plot")
     return 0
-
-
-def _draw(csv_path: Path) -> None:
-    """The table as a bar chart beside its CSV (`fig10_plot`), when matplotlib is installed and On-Demand was run."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        print(f"matplotlib not installed: no plot (later: python3 -m benchmark.fig10_plot {csv_path})")
-        return
-    try:
-        print(f"wrote {plot_fig10(read_table(csv_path), csv_path.with_suffix('.png'))}")
-    except TableError as exc:  # e.g. a table without On-Demand has nothing to normalise to
-        print(f"no plot: {exc}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

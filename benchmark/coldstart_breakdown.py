@@ -10,11 +10,12 @@ trace phases (``trace_*_ms``), so they need not add up to the client's median ex
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from .plot_files import plot_main
 
 SEGMENTS = (
     ("engine: budget (room)", "#1f4e79"),
@@ -107,20 +108,14 @@ def plot_breakdown(rows: Sequence[dict[str, str]], path: Path, title: str = "") 
     return path
 
 
+def draw(paths: Sequence[Path], path: Path, title: str = "") -> Path:
+    """`plot_breakdown` of the rows of every CSV in `paths` (the `plot_files.Draw` of this module)."""
+    return plot_breakdown(read_rows(paths), path, title)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line; see the module docstring."""
-    p = argparse.ArgumentParser(prog="python3 -m benchmark.coldstart_breakdown", description=__doc__.split("\n")[0])
-    p.add_argument("csv", type=Path, nargs="+", help="triton_coldstart.csv file(s)")
-    p.add_argument("-o", "--output", type=Path, default=None, help="PNG (default: the first CSV's name, .png)")
-    p.add_argument("--title", default="")
-    args = p.parse_args(argv)
-    try:
-        out = plot_breakdown(read_rows(args.csv), args.output or args.csv[0].with_suffix(".png"), args.title)
-    except (OSError, BreakdownError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
+    return plot_main(argv, "benchmark.coldstart_breakdown", __doc__ or "", draw, BreakdownError)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ no cold start can be faster). `python3 -m benchmark --table` draws it beside its
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from .plot_files import plot_main
 
 REQUIRED = ("model", "engine", "devices", "cold_ms", "warm_ms", "predicted_ms")
 
@@ -109,21 +110,14 @@ def plot_fig10(rows: Sequence[dict[str, str]], path: Path, title: str = "") -> P
     return path
 
 
+def draw(paths: Sequence[Path], path: Path, title: str = "") -> Path:
+    """`plot_fig10` of the rows of every table CSV in `paths` (the `plot_files.Draw` of this module)."""
+    return plot_fig10([row for p in paths for row in read_table(p)], path, title)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line; see the module docstring."""
-    p = argparse.ArgumentParser(prog="python3 -m benchmark.fig10_plot", description=__doc__.split("\n")[0])
-    p.add_argument("csv", type=Path, help="a CSV written by `python3 -m benchmark --table`")
-    p.add_argument("-o", "--output", type=Path, default=None, help="PNG to write (default: the CSV's name, .png)")
-    p.add_argument("--title", default="")
-    args = p.parse_args(argv)
-    try:
-        rows = read_table(args.csv)
-        out = plot_fig10(rows, args.output or args.csv.with_suffix(".png"), args.title)
-    except (OSError, TableError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
+    return plot_main(argv, "benchmark.fig10_plot", __doc__ or "", draw, TableError)
 
 
 if __name__ == "__main__":

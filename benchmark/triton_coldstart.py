@@ -70,7 +70,8 @@ from deepplan_backend.runtime import zoo
 from deepplan_backend.runtime.answer import TRACE_ENV
 from deepplan_backend.runtime.served_model import parse_size
 
-from .coldstart_breakdown import BreakdownError, plot_breakdown, read_rows
+from . import coldstart_breakdown
+from .plot_files import draw_beside
 
 RTOL = ATOL = 1e-3
 COLUMNS: tuple[str, ...] = (
@@ -1043,19 +1044,6 @@ def print_table(doc: dict[str, Any]) -> None:
         print(f"ERROR {e}")
 
 
-def _draw(csv_path: Path) -> None:
-    """The cold requests' breakdown beside the CSV (`coldstart_breakdown`), when matplotlib is installed."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        say(f"matplotlib not installed: no plot (later: python3 -m benchmark.coldstart_breakdown {csv_path})")
-        return
-    try:
-        say(f"wrote {plot_breakdown(read_rows([csv_path]), csv_path.with_suffix('.png'))}")
-    except BreakdownError as exc:  # e.g. no cold request was traced
-        say(f"no plot: {exc}")
-
-
 def device_info() -> tuple[bool, str, int]:
     """(GPU present, name used in plans, number of GPUs)."""
     if torch.cuda.is_available():
@@ -1118,7 +1106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         csv_path, json_path = write_outputs(doc, args.out)
     print_table(doc)
     say(f"wrote {csv_path}, {json_path} and {args.out / 'server.log'}")
-    _draw(csv_path)
+    breakdown = coldstart_breakdown
+    draw_beside(csv_path, breakdown.draw, breakdown.BreakdownError, "benchmark.coldstart_breakdown", say)
     if no_server:
         return 2
     if doc["errors"] or not doc["all_correct"]:
