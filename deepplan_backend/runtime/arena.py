@@ -12,6 +12,7 @@ start no longer rebuilds hundreds of views on its critical path, and a captured 
 
 from __future__ import annotations
 
+import functools
 import mmap
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -72,7 +73,9 @@ class HostArena:
         self.tensor = torch.empty(0, dtype=torch.uint8)
 
 
+@functools.cache
 def _driver() -> Any:
+    """The CUDA driver API of cuda-bindings, imported once (the copy engines call it for every copy they issue)."""
     try:
         from cuda.bindings import driver
     except ImportError:  # cuda-python < 12.6 spelled it this way
@@ -89,12 +92,13 @@ def vmm_available() -> bool:
     return True
 
 
-def _check(result: Any, what: str) -> Any:
+def _check(result: Any, what: str, error: type[Exception] = ArenaError) -> Any:
+    """The value(s) of a driver call's ``(CUresult, ...)`` result, or `error` naming the call and the driver's error."""
     cu = _driver()
     err, *rest = result if isinstance(result, tuple) else (result,)
     if err != cu.CUresult.CUDA_SUCCESS:
         name = cu.cuGetErrorName(err)[1]
-        raise ArenaError(f"{what} failed: {name.decode() if isinstance(name, bytes) else name}")
+        raise error(f"{what} failed: {name.decode() if isinstance(name, bytes) else name}")
     return rest[0] if len(rest) == 1 else rest
 
 

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import torch
 
+from .arena import _check, _driver
+
 
 class DeviceError(RuntimeError):
     """A device that does not exist, or a device set that cannot do what was asked (e.g. no peer access)."""
@@ -111,8 +113,8 @@ class _PeerLane:
         self.h2d = torch.cuda.Stream(peer)
         self.pull = torch.cuda.Stream(target)
         self.ring = torch.empty(STAGING_SLOTS * STAGING_SLOT_BYTES, dtype=torch.uint8, device=peer)
-        self.staged = [_driver_event(cu, peer) for _ in range(STAGING_SLOTS)]
-        self.freed = [_driver_event(cu, target) for _ in range(STAGING_SLOTS)]
+        self.staged = [_driver_event(peer) for _ in range(STAGING_SLOTS)]
+        self.freed = [_driver_event(target) for _ in range(STAGING_SLOTS)]
         self.used = [False] * STAGING_SLOTS  # whether the slot's `freed` was ever recorded
         self.next_slot = 0
         self.lock = threading.Lock()
@@ -120,14 +122,13 @@ class _PeerLane:
         self.pull_handle = cu.CUstream(self.pull.cuda_stream)
 
 
-def _driver_event(cu: Any, device: torch.device) -> Any:
+def _driver_event(device: torch.device) -> Any:
     """A timing-free driver event in `device`'s primary context (an event is recorded on its own device only)."""
+    cu = _driver()
     with torch.cuda.device(device):
         torch.cuda.current_stream()  # makes the device's primary context current on this thread
-        err, event = cu.cuEventCreate(cu.CUevent_flags.CU_EVENT_DISABLE_TIMING)
-    if err != cu.CUresult.CUDA_SUCCESS:
-        raise DeviceError(f"cuEventCreate on {device} failed: {err}")
-    return event
+        flags = cu.CUevent_flags.CU_EVENT_DISABLE_TIMING
+        return _check(cu.cuEventCreate(flags), f"cuEventCreate on {device}", DeviceError)
 
 
 def _enable_peer_access(target: torch.device, peer: torch.device) -> None:
@@ -153,8 +154,6 @@ class CudaCopyEngine:
     """
 
     def __init__(self, device: torch.device, peers: Sequence[torch.device] = ()) -> None:
-        from .arena import _driver
-
         self._cu = _driver()
         self.device = device
         self.peers = list(peers)
@@ -182,13 +181,7 @@ class CudaCopyEngine:
         return self._lanes
 
     def _memcpy(self, dst: int, src: int, nbytes: int, handle: object) -> None:
-        err = self._cu.cuMemcpyAsync(dst, src, nbytes, handle)[0]
-        if err != self._cu.CUresult.CUDA_SUCCESS:
-            raise DeviceError(f"cuMemcpyAsync of {nbytes} bytes failed: {err}")
-
-    def _call(self, result: tuple[Any, ...], what: str) -> None:
-        if result[0] != self._cu.CUresult.CUDA_SUCCESS:
-            raise DeviceError(f"{what} failed: {result[0]}")
+        _check(self._cu.cuMemcpyAsync(dst, src, nbytes, handle), f"cuMemcpyAsync of {nbytes} bytes", DeviceError)
 
     def issue(self, jobs: Sequence[CopyJob], events: Sequence[object] | None = None) -> list[object]:
         """Start target copies first (they are needed first), then each peer's share in layer order."""
@@ -225,12 +218,12 @@ class CudaCopyEngine:
             lane.next_slot = (slot + 1) % STAGING_SLOTS
             stage = lane.ring.data_ptr() + slot * STAGING_SLOT_BYTES
             if lane.used[slot]:  # the slot's previous bytes must have been pulled before it is overwritten
-                self._call(cu.cuStreamWaitEvent(lane.h2d_handle, lane.freed[slot], 0), "cuStreamWaitEvent")
+                _check(cu.cuStreamWaitEvent(lane.h2d_handle, lane.freed[slot], 0), "cuStreamWaitEvent", DeviceError)
             self._memcpy(stage, src + offset, n, lane.h2d_handle)
-            self._call(cu.cuEventRecord(lane.staged[slot], lane.h2d_handle), "cuEventRecord")
-            self._call(cu.cuStreamWaitEvent(lane.pull_handle, lane.staged[slot], 0), "cuStreamWaitEvent")
+            _check(cu.cuEventRecord(lane.staged[slot], lane.h2d_handle), "cuEventRecord", DeviceError)
+            _check(cu.cuStreamWaitEvent(lane.pull_handle, lane.staged[slot], 0), "cuStreamWaitEvent", DeviceError)
             self._memcpy(dst + offset, stage, n, lane.pull_handle)
-            self._call(cu.cuEventRecord(lane.freed[slot], lane.pull_handle), "cuEventRecord")
+            _check(cu.cuEventRecord(lane.freed[slot], lane.pull_handle), "cuEventRecord", DeviceError)
             lane.used[slot] = True
 
     def _mark(self, k: int, stream: torch.cuda.Stream) -> object:
