@@ -69,34 +69,31 @@ def plot_fig10(rows: Sequence[dict[str, str]], path: Path, title: str = "") -> P
         demand[model] = cold
         warm[model] = _number(base, "warm_ms")  # everything resident, nothing read from host memory
     width = 0.8 / len(configs)
+    tallest = 1.0
     fig, ax = plt.subplots(figsize=(max(8.0, 1.3 * len(models) + 2), 5.0))
     for j, config in enumerate(configs):
         xs, heights, predicted = [], [], []
         for i, model in enumerate(models):
             row = by_key.get((model, config))
             cold = _number(row, "cold_ms") if row is not None else None
-            if cold is None:
+            if row is None or cold is None:
                 continue
             x = i - 0.4 + width * (j + 0.5)
             xs.append(x)
             heights.append(cold / demand[model])
-            pred = _number(row, "predicted_ms") if row is not None else None
+            pred = _number(row, "predicted_ms")
             if pred is not None:
                 predicted.append((x, pred / demand[model]))
         ax.bar(xs, heights, width * 0.9, color=f"C{j}", label=config)
+        tallest = max([tallest, *heights])
         if predicted:
             px, py = zip(*predicted, strict=True)
             ax.scatter(px, py, marker="_", s=120, color="black", zorder=3, label="predicted" if j == 0 else None)
-    tallest = 1.0
     for i, model in enumerate(models):
         floor = warm[model]
         if floor is not None:
             ax.hlines(floor / demand[model], i - 0.42, i + 0.42, colors="grey", linestyles=":", zorder=2,
                       label="warm (forward alone)" if i == 0 else "_nolegend_")  # fmt: skip
-        for config in configs:
-            row = by_key.get((model, config))
-            cold = _number(row, "cold_ms") if row is not None else None
-            tallest = max(tallest, (cold or 0.0) / demand[model])
     ax.set_xticks(range(len(models)), models, rotation=20)
     ax.set_ylabel("cold latency / On-Demand's")
     ax.set_ylim(0, tallest * 1.1)

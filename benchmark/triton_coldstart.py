@@ -70,7 +70,8 @@ from deepplan_backend.runtime import zoo
 from deepplan_backend.runtime.answer import TRACE_ENV
 from deepplan_backend.runtime.served_model import parse_size
 
-from . import coldstart_breakdown
+from .coldstart_breakdown import BreakdownError
+from .coldstart_breakdown import draw as draw_breakdown
 from .plot_files import draw_beside
 
 RTOL = ATOL = 1e-3
@@ -1106,8 +1107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         csv_path, json_path = write_outputs(doc, args.out)
     print_table(doc)
     say(f"wrote {csv_path}, {json_path} and {args.out / 'server.log'}")
-    breakdown = coldstart_breakdown
-    draw_beside(csv_path, breakdown.draw, breakdown.BreakdownError, "benchmark.coldstart_breakdown", say)
+    draw_beside(csv_path, draw_breakdown, BreakdownError, "benchmark.coldstart_breakdown", say)
     if no_server:
         return 2
     if doc["errors"] or not doc["all_correct"]:

@@ -225,7 +225,8 @@ def measure_links(devices: Sequence[torch.device], nbytes: int = LINK_PROBE_BYTE
 
     # An idle GPU's PCIe link can sit in a power-saving state and speed up only under load. In session 7's call 9
     # (4 x H100, a fresh process) the single-GPU probe came first and read 36.9 GB/s, then 53 GB/s per GPU with two
-    # copying at once, and On-Demand's 475 MiB copy ran at about 50 GB/s or more. Not yet re-run with this warm-up.
+    # copying at once, and On-Demand's 475 MiB copy ran at about 50 GB/s or more. Run on H200 since (54.5-55.1 GB/s),
+    # not yet on an H100.
     deadline = time.perf_counter() + LINK_WARMUP_S
     while time.perf_counter() < deadline:
         copy_on(len(devices))()
