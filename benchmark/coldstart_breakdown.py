@@ -6,6 +6,9 @@ One horizontal bar per model row, split into what the engine does (taking budget
 what the deepplan backend adds around it (the stub, the hop to the engine host, the host's validation, queue and
 reply), and what Triton adds (its gRPC front, its Python-backend IPC). The parts are medians of the cold requests'
 trace phases (``trace_*_ms``), so they need not add up to the client's median exactly: a black tick marks that.
+A red dotted tick marks the target (1.2 x the engine's cold latency); a dashed one the engine's cold latency plus
+Triton's floor (``triton_floor_ms``: the same request to a Python model that computes nothing), the least any
+Python-backend model could reach.
 """
 
 from __future__ import annotations
@@ -95,14 +98,23 @@ def plot_breakdown(rows: Sequence[dict[str, str]], path: Path, title: str = "") 
             left += width
         ax.plot([_ms(row, "client_cold_ms")] * 2, [i - 0.4, i + 0.4], color="black", linewidth=1.5,
                 label="client median" if i == 0 else None)  # fmt: skip
+        engine = _ms(row, "engine_cold_ms")
+        if engine:
+            ax.plot([1.2 * engine] * 2, [i - 0.45, i + 0.45], color="#c00000", linestyle=":", linewidth=1.5,
+                    label="1.2 x engine cold (target)" if i == 0 else None)  # fmt: skip
+        floor = _ms(row, "triton_floor_ms")  # absent from CSVs before session 9
+        if engine and floor:
+            ax.plot([engine + floor] * 2, [i - 0.45, i + 0.45], color="#404040", linestyle="--", linewidth=1.2,
+                    label="engine cold + Triton's floor" if i == 0 else None)  # fmt: skip
     ax.set_yticks(range(len(rows)), labels)
     ax.invert_yaxis()
     ax.set_xlabel("cold request, ms (medians)")
     ax.grid(True, axis="x", alpha=0.3)
-    ax.legend(fontsize="x-small", ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.5 / max(1, len(rows)) - 0.12))
     gpu = rows[0].get("gpu_name", "") if rows else ""
     ax.set_title(title or f"Where a cold request's time goes{f', {gpu}' if gpu else ''}")
     fig.tight_layout()
+    # Under the figure as laid out (its x label included); the tight bounding box of savefig takes it in.
+    fig.legend(fontsize="x-small", ncol=3, loc="upper center", bbox_to_anchor=(0.5, 0.0))
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -20,11 +20,17 @@ Steps (each prints progress; a failing step is recorded and the run goes on wher
    evictions (resident -> evicted transitions in the residency state, and Triton's metrics), peak bytes counted
    against the budget, and every answer compared with the plain model computed in this process.
 5. PT: the devices each model serves on, from the backend's ``deepplan: <instance> ready: ... devices=[...]`` line.
-6. Triton's own readiness for comparison: a plain ``backend: "python"`` model that loads the same weights from a
+6. Triton's floor: a ``backend: "python"`` model with the same configuration (inputs, outputs, batching, instance
+   kind) whose ``execute`` only reads the inputs as the deepplan front end does and answers zeros
+   (`FLOOR_MODEL_PY`), loaded through the model-control API, asked ``--floor`` times per model after a few
+   unmeasured requests, unloaded. Its median client latency, ``triton_floor_ms``, is what any Python-backend model
+   pays per request for this request's size, whatever it computes: gRPC, Triton's scheduling and the stub's IPC.
+   ``overhead_ms`` = client - engine cold latency, of which ``own_overhead_ms`` = overhead - floor is ours.
+7. Triton's own readiness for comparison: a plain ``backend: "python"`` model that loads the same weights from a
    Hugging Face checkpoint folder and moves them to the device in ``initialize``, loaded through the
    model-control API (admin token) and timed until it answers its first request; then the same for a fresh
    deepplan model of the same zoo model. Both are unloaded afterwards.
-7. ``<out>/triton_coldstart.csv`` and ``.json``, ``<out>/server.log``; a table at the end. ``backend_cold_ms`` is
+8. ``<out>/triton_coldstart.csv`` and ``.json``, ``<out>/server.log``; a table at the end. ``backend_cold_ms`` is
    Triton's own ``compute_infer`` time of the cold requests (statistics API): client - backend = Triton and
    network, backend - engine = the Python backend's exchange with the stub, the front end in it and its hop to
    the engine host.
@@ -88,6 +94,9 @@ COLUMNS: tuple[str, ...] = (
     "backend_cold_ms",
     "engine_cold_ms",
     "ratio",
+    "triton_floor_ms",
+    "overhead_ms",
+    "own_overhead_ms",
     "cold_samples",
     "first_client_cold_ms",
     "first_engine_cold_ms",
@@ -166,8 +175,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--devices", default="auto", help='deepplan "devices" parameter: auto or ids, target first')
     p.add_argument("--seq-len", type=int, default=None, help="tokens per text request (default: the model's)")
     p.add_argument("--warm", type=int, default=None, help="warm requests per model (default 20)")
-    p.add_argument("--recold", type=int, default=None, help="forced cold starts per model (default 5)")
+    p.add_argument("--recold", type=int, default=None, help="forced cold starts per model (default 10)")
     p.add_argument("--rounds", type=int, default=None, help="round-robin passes of the eviction run (default 3)")
+    p.add_argument("--floor", type=int, default=None, help="requests per model to Triton's floor model (default 30)")
     p.add_argument("--triton-kind", choices=("cpu", "gpu"), default="cpu", help="Triton instance kind (see doc)")
     p.add_argument("--ready-timeout", type=float, default=420.0, help="seconds to wait for the server")
     p.add_argument("--skip-load-compare", action="store_true", help="skip step 6 (model-control API loads)")
@@ -177,8 +187,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.models = args.models or (["tiny-bert", "tiny-resnet"] if quick else ["bert-base", "resnet50"])
     args.instances = args.instances if args.instances is not None else (3 if quick else 8)
     args.warm = args.warm if args.warm is not None else (5 if quick else 20)
-    args.recold = args.recold if args.recold is not None else (2 if quick else 5)
+    args.recold = args.recold if args.recold is not None else (2 if quick else 10)
     args.rounds = args.rounds if args.rounds is not None else (2 if quick else 3)
+    args.floor = args.floor if args.floor is not None else (8 if quick else 30)
     for m in args.models:
         if m not in zoo.ZOO:
             p.error(f"--models: {m!r} is not a zoo model ({', '.join(zoo.ZOO)})")
@@ -275,6 +286,39 @@ parameters [
 {param_text}
 ]
 """
+
+
+FLOOR_MODEL_PY = '''"""Triton's floor: reads the inputs as the deepplan front end does, answers zeros."""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from deepplan_backend.dlpack import array_from_capsule, capsule_from_array
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        outputs = json.loads(args["model_config"])["output"]
+        self.dims = {o["name"]: [int(d) for d in o["dims"]] for o in outputs}
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            rows = [array_from_capsule(t.to_dlpack()) for t in request.inputs()][0].shape[0]
+            tensors = [
+                pb_utils.Tensor.from_dlpack(name, capsule_from_array(np.zeros((rows, *dims), np.float32)))
+                for name, dims in self.dims.items()
+            ]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
+'''
+
+
+def floor_config(name: str, model: str, args: argparse.Namespace, lay: Layout) -> str:
+    """The floor model's ``config.pbtxt``: the deepplan model's, run by the plain Python backend."""
+    return deepplan_config(name, model, args, lay).replace('backend: "deepplan"', 'backend: "python"', 1)
 
 
 @dataclass
@@ -485,6 +529,13 @@ class Client:
             return Answer(client_ms, bool(flags[0] >= 0.5), float(flags[1]), correct, diff, backend_ms)
         return Answer(client_ms, False, 0.0, correct, diff, backend_ms)
 
+    def latency(self, name: str, model: str) -> float:
+        """Client milliseconds of one request to `name` with `model`'s inputs; the answer is not checked."""
+        inputs = self._infer_inputs(model)
+        start = time.perf_counter()
+        self.client.infer(name, inputs, client_timeout=120)
+        return (time.perf_counter() - start) * 1e3
+
     def _compute_infer_ns(self, name: str) -> int | None:
         """Triton's cumulative time in the model's execute() (its statistics API), to split the client's time."""
         try:
@@ -598,6 +649,7 @@ class Bench:
         self.ready_s: float | None = None
         self.all_loaded_s: float | None = None
         self.load_ms: dict[str, float] = {}
+        self.floor: dict[str, list[float]] = {}  # zoo model -> client ms of its floor model's requests
         self._t_start = time.monotonic()
         self.client: Client | None = None
         self.server: serve.TritonServer | None = None
@@ -749,6 +801,21 @@ class Bench:
         p50, p99 = _ms(st.warm), _ms(st.warm, 99)
         say(f"{name}: warm p50 {p50 or math.nan:.2f} ms, p99 {p99 or math.nan:.2f} ms over {len(st.warm)} requests")
 
+    def measure_floor(self, model: str) -> None:
+        """Triton's floor for `model`'s requests: its floor model, loaded, asked, unloaded (step 6)."""
+        assert self.client is not None
+        c, name = self.client, f"{model}-floor"
+        folder = write_model(self.lay.repo, name, floor_config(name, model, self.args, self.lay))
+        (folder / "1" / "model.py").write_text(FLOOR_MODEL_PY)
+        c.client.load_model(name, headers=c.headers, client_timeout=120)
+        try:
+            for _ in range(3):  # the stub's first requests import and allocate: not the floor
+                c.latency(name, model)
+            self.floor[model] = [c.latency(name, model) for _ in range(self.args.floor)]
+        finally:
+            c.client.unload_model(name, headers=c.headers, client_timeout=120)
+        say(f"{name}: Triton's floor p50 {_ms(self.floor[model]) or math.nan:.2f} ms over {self.args.floor} requests")
+
     def eviction_run(self) -> None:
         """Round-robin passes over the eviction instances under the budget (step 4)."""
         assert self.cfg is not None
@@ -832,6 +899,8 @@ class Bench:
         self.step("load the other models", self.load_rest)
         for model in self.args.models:
             self.step(f"cold/warm latency of {model}", functools.partial(self.measure_model, model))
+        for model in self.args.models:
+            self.step(f"Triton's floor for {model}", functools.partial(self.measure_floor, model))
         self.step("eviction run", self.eviction_run)
         if not self.args.skip_load_compare:
             for model in self.args.models[: 1 if self.args.quick else None]:
@@ -869,6 +938,8 @@ class Bench:
         client = _ms([a.client_ms for a in colds])
         engine = _ms([a.engine_ms for a in colds])
         first, loads, ev = group[0].first, group[0].loads, self.evict_run
+        floor = _ms(self.floor.get(self._zoo_name(names[0]), []))
+        overhead = client - engine if client is not None and engine is not None else None
         return {
             "model": label,
             "engine": info.get("engine", self.args.engine),
@@ -882,6 +953,9 @@ class Bench:
             "backend_cold_ms": _ms([a.backend_ms for a in colds if a.backend_ms is not None]),
             "engine_cold_ms": engine,
             "ratio": client / engine if client and engine else None,
+            "triton_floor_ms": floor,
+            "overhead_ms": overhead,
+            "own_overhead_ms": overhead - floor if overhead is not None and floor is not None else None,
             "cold_samples": len(colds),
             "first_client_cold_ms": first.client_ms if first else None,
             "first_engine_cold_ms": first.engine_ms if first else None,
@@ -955,6 +1029,7 @@ class Bench:
                 }
                 for name, s in self.stats.items()
             },
+            "floor_client_ms": self.floor,
             "all_correct": self.all_correct,
             "errors": self.errors,
             "tolerance": {"rtol": RTOL, "atol": ATOL},
@@ -999,6 +1074,8 @@ def print_table(doc: dict[str, Any]) -> None:
         "cold client",
         "cold engine",
         "ratio",
+        "floor",
+        "own",
         "warm p50",
         "warm p99",
         "triton load",
@@ -1014,6 +1091,8 @@ def print_table(doc: dict[str, Any]) -> None:
             f(r["client_cold_ms"]),
             f(r["engine_cold_ms"]),
             f(r["ratio"], ".3f"),
+            f(r["triton_floor_ms"]),
+            f(r["own_overhead_ms"]),
             f(r["client_warm_p50_ms"]),
             f(r["client_warm_p99_ms"]),
             f(r["triton_load_ms"], ".0f"),
@@ -1038,7 +1117,8 @@ def print_table(doc: dict[str, Any]) -> None:
                 f"{r['triton_load_ms'] / r['client_cold_ms']:.0f}x as long)"
             )
     print(
-        "latencies in ms; ratio = client / engine cold latency (target <= 1.2); all answers correct:",
+        "latencies in ms; ratio = client / engine cold latency (target <= 1.2); floor = Triton's own latency for the"
+        " same request to a Python model that computes nothing; own = client - engine - floor; all answers correct:",
         doc["all_correct"],
     )
     for e in doc["errors"]:

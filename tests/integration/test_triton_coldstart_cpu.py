@@ -72,11 +72,18 @@ def test_quick_run_writes_complete_correct_results(tmp_path):
     t = {p: float(bert[f"trace_{p}_ms"]) for p in ("answer", "exchange", "host", "engine", "validate")}
     assert t["answer"] >= t["exchange"] >= t["host"] >= t["engine"] > 0 and t["host"] >= t["validate"] > 0, t
     assert bert["budget_respected"] == "True"
+    # Triton's floor: measured for this request, below the warm latency (it computes nothing), and the overheads add up
+    floor, overhead = float(bert["triton_floor_ms"]), float(bert["overhead_ms"])
+    assert 0 < floor < float(bert["client_warm_p50_ms"]), bert
+    assert overhead == pytest.approx(float(bert["client_cold_ms"]) - float(bert["engine_cold_ms"]), abs=2e-3)
+    assert float(bert["own_overhead_ms"]) == pytest.approx(overhead - floor, abs=2e-3)
+    assert rows["tiny-bert-evict-x2"]["triton_floor_ms"] == bert["triton_floor_ms"]  # same requests, same floor
 
     assert (out / "triton_coldstart.png").read_bytes()[:4] == b"\x89PNG"  # the breakdown, drawn from the trace
     doc = json.loads((out / "triton_coldstart.json").read_text())
     assert doc["all_correct"] is True and doc["errors"] == []
     assert doc["per_model"]["tiny-bert"]["loads"]["triton_correct"] is True
+    assert len(doc["floor_client_ms"]["tiny-bert"]) == 8  # --quick's count, after the unmeasured first requests
     assert doc["served_on"]["tiny-bert"]["devices"] == ["cpu"]
     log_text = (out / "server.log").read_text()
     assert "deepplan: tiny-bert_0_0 ready" in log_text
