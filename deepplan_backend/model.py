@@ -9,8 +9,8 @@ A model says ``backend: "deepplan"`` and configures itself through ``parameters`
   engine host of its target GPU (`deepplan_backend.hosting`), shared with the other models on that GPU.
   ``process: instance``: the `ServedModel` lives in this stub (one CUDA context per instance).
 - ``initialize`` packs the host weights (shared by identical models of the process), loads or makes the plan,
-  registers with the server-wide residency, warms up the first model of its kind in the process (one request,
-  then evicted); the device stays empty.
+  registers with the server-wide residency, warms up (a cold and a warm request, then evicted: every model with
+  ``graphs``, capturing its CUDA graphs; else the first model of its kind in the process); the device stays empty.
 - ``execute`` answers every request: invalid ones get their own ``TritonError``; valid ones with the same
   shape are run as one batch (cold start per plan if the model is not resident). Outputs: ``output`` and
   ``cold_start`` ([B, 2] = [met a cold start 0/1, provisioning ms]).

@@ -281,3 +281,37 @@ def test_peer_lane_ring_wraps_without_corrupting_bytes(with_events: bool) -> Non
             torch.cuda.current_stream(target).synchronize()
         for k, (s, d) in enumerate(zip(src, dst, strict=True)):
             assert torch.equal(d.cpu(), s), f"job {k} ({sizes[k]} bytes) arrived corrupted"
+
+
+def test_every_graph_model_captures_its_graphs_at_load(tmp_path, monkeypatch) -> None:
+    """With graphs, the second model of a kind warms up too: its first cold start already replays a graph, and
+    its first warm request captures nothing (it took 39-54 ms under load when it did, session 9's Fig. 12)."""
+    from deepplan_backend.runtime import served_model
+    from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
+
+    monkeypatch.setattr(served_model, "_WARMED", set())
+    monkeypatch.setenv("DEEPPLAN_ALLOWED_ROOTS", f"{tmp_path / 'plans'}:{tmp_path / 'state'}")
+    settings = ServeSettings.from_parameters(
+        {"model": "tiny-bert", "engine": "pipeline", "devices": "0", "plan_repository": str(tmp_path / "plans"),
+         "residency_dir": str(tmp_path / "state"), "budget": "256MiB", "graphs": "true"},
+        model_dir=tmp_path,
+    )  # fmt: skip
+    models = [ServedModel(settings, f"g{i}#0", 1) for i in range(2)]
+    try:
+        # The warm-up's inputs' shape (graphs are per shape): the model's example inputs at the configured length.
+        example = models[1].model.example_inputs(1, settings.seq_len, seed=5)
+        arrays = {k: v.numpy() for k, v in example.items()}
+        for m in models:
+            assert m.engine.replays_graph(m.schedule, m.validate(arrays)), m.key  # captured at load, not later
+            assert not m.engine.is_resident
+        second = models[1]
+        layouts = list(second.engine._layouts.values())
+        captured = sum(len(layout.warm_graphs) for layout in layouts)
+        cold, warm = second.answer([arrays])[0], second.answer([arrays])[0]
+        assert cold.cold and not warm.cold
+        assert sum(len(layout.warm_graphs) for layout in layouts) == captured  # the warm request captured nothing
+        expected = _reference("tiny-bert", "float32", example)
+        torch.testing.assert_close(torch.from_numpy(warm.output), expected, rtol=1e-4, atol=1e-4)
+    finally:
+        for m in models:
+            m.close()

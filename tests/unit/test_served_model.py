@@ -118,6 +118,32 @@ def test_the_first_model_of_a_kind_warms_up_at_load_and_leaves_the_device_empty(
         second.close()
 
 
+def test_with_graphs_every_model_warms_up_at_load(tmp_path: Path, monkeypatch) -> None:
+    """Graphs are captured at a model's first warm request: with them on, each model does that at load, not the
+    first of a kind only. The CPU engine has no graphs, so the test says it has them to check the policy."""
+    monkeypatch.setattr(served_model, "_WARMED", set())
+    cpu = ServedModel(_settings(tmp_path, "64MiB"), "cpu#0", 1)
+    assert not served_model._warms_per_model(cpu.engine)
+    cpu.close()
+    monkeypatch.setattr(served_model, "_warms_per_model", lambda engine: True)
+    threads: list[str] = []
+
+    def runner(fn):
+        threads.append(threading.current_thread().name)
+        return fn()
+
+    models = [ServedModel(_settings(tmp_path, "64MiB"), f"{k}#0", 1, device_runner=runner) for k in "ab"]
+    try:
+        assert len(threads) == 6  # cold request, warm request, evict: for each model
+        for m in models:
+            entry = m.residency.snapshot()["models"][m.key]
+            assert (entry["resident"], entry["bytes"], entry["in_use"]) == (False, 0, False)
+            assert m.engine.resident_bytes == 0 and m.evictions == 0
+    finally:
+        for m in models:
+            m.close()
+
+
 def test_waiting_for_room_held_elsewhere_leaves_the_device_thread_free(tmp_path: Path) -> None:
     """Room held by a request of another process: the model waits on its own thread, not on the device thread
     that every other model of its GPU needs."""
