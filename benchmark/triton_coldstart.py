@@ -180,7 +180,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--floor", type=int, default=None, help="requests per model to Triton's floor model (default 30)")
     p.add_argument("--triton-kind", choices=("cpu", "gpu"), default="cpu", help="Triton instance kind (see doc)")
     p.add_argument("--ready-timeout", type=float, default=420.0, help="seconds to wait for the server")
-    p.add_argument("--skip-load-compare", action="store_true", help="skip step 6 (model-control API loads)")
+    p.add_argument("--skip-load-compare", action="store_true", help="skip step 7 (model-control API loads)")
     p.add_argument("--quick", action="store_true", help="tiny models, few repeats (CPU tests)")
     args = p.parse_args(argv)
     quick = args.quick

@@ -384,7 +384,7 @@ class ServedModel:
         share the kernels, so without graphs only the first of a kind warms up. With graphs (on a GPU) every model
         does: its first warm request captures its two graphs (cold, with the chunk waits; warm, without), and in
         session 9's Fig. 12 run on 2 x H200 those first warm requests took 39-54 ms (p50, against 9 ms later
-        ones) and held up the requests queued behind them on the GPU (warm p99 67-90 ms at 40 BERT-Bases).
+        ones) and held up the requests queued behind them on the GPU (warm p99 66-90 ms at 40 BERT-Bases).
         A failure is reported by the first request instead.
         """
         s = self.settings
