@@ -134,6 +134,9 @@ READY_LINE = re.compile(
 )
 METRIC_LINE = re.compile(r"^(deepplan_\w+)\{([^}]*)\}\s+(\S+)$")
 T0 = time.monotonic()
+METRICS_SETTLE_S = 1.5
+"""Wait before each metrics scrape of the eviction run: a victim's eviction count reaches Triton's metrics when its
+own front end refreshes it, every second (`deepplan_backend.model.METRICS_REFRESH_S`), not at the eviction."""
 
 
 def say(msg: str) -> None:
@@ -819,6 +822,7 @@ class Bench:
     def eviction_run(self) -> None:
         """Round-robin passes over the eviction instances under the budget (step 4)."""
         assert self.cfg is not None
+        time.sleep(METRICS_SETTLE_S)
         before = scrape_metrics(self.cfg.url("metrics"))
         prev = self.resident(self.snapshot())
         requests = colds = wrong = transitions = 0
@@ -834,6 +838,7 @@ class Bench:
                 transitions += sum(1 for k, was in prev.items() if was and not now.get(k, False))
                 prev, peak = now, max(peak, self.used_bytes(snap))
             say(f"eviction run: round {r + 1}/{self.args.rounds} done, {colds} cold starts, {wrong} wrong so far")
+        time.sleep(METRICS_SETTLE_S)
         after = scrape_metrics(self.cfg.url("metrics"))
 
         def delta(name: str) -> float:

@@ -82,6 +82,9 @@ def test_quick_run_writes_complete_correct_results(tmp_path):
     assert (out / "triton_coldstart.png").read_bytes()[:4] == b"\x89PNG"  # the breakdown, drawn from the trace
     doc = json.loads((out / "triton_coldstart.json").read_text())
     assert doc["all_correct"] is True and doc["errors"] == []
+    ev = doc["eviction_run"]  # Triton's counters agree with the residency state once the front ends refreshed them
+    assert ev["evictions_metric_delta"] == ev["evictions_observed"], ev
+    assert ev["cold_starts_metric_delta"] == ev["cold_starts"], ev
     assert doc["per_model"]["tiny-bert"]["loads"]["triton_correct"] is True
     assert len(doc["floor_client_ms"]["tiny-bert"]) == 8  # --quick's count, after the unmeasured first requests
     assert doc["served_on"]["tiny-bert"]["devices"] == ["cpu"]
