@@ -20,12 +20,13 @@ Steps (each prints progress; a failing step is recorded and the run goes on wher
    evictions (resident -> evicted transitions in the residency state, and Triton's metrics), peak bytes counted
    against the budget, and every answer compared with the plain model computed in this process.
 5. PT: the devices each model serves on, from the backend's ``deepplan: <instance> ready: ... devices=[...]`` line.
-6. Triton's floor: a ``backend: "python"`` model with the same configuration (inputs, outputs, batching, instance
-   kind) whose ``execute`` only reads the inputs as the deepplan front end does and answers zeros
-   (`FLOOR_MODEL_PY`), loaded through the model-control API, asked ``--floor`` times per model after a few
-   unmeasured requests, unloaded. Its median client latency, ``triton_floor_ms``, is what any Python-backend model
-   pays per request for this request's size, whatever it computes: gRPC, Triton's scheduling and the stub's IPC.
-   ``overhead_ms`` = client - engine cold latency, of which ``own_overhead_ms`` = overhead - floor is ours.
+6. Triton's floor, measured during step 3: a ``backend: "python"`` model with the same configuration (inputs,
+   outputs, batching, instance kind) whose ``execute`` only reads the inputs as the deepplan front end does and
+   answers zeros (`FLOOR_MODEL_PY`), loaded through the model-control API for the forced cold starts, asked once
+   right after each of them through the same client path, unloaded. Its median client latency,
+   ``triton_floor_ms``, is what any Python-backend model pays for this request in the same conditions, whatever
+   it computes: gRPC, Triton's scheduling and the stub's IPC. ``overhead_ms`` = client - engine cold latency, of
+   which ``own_overhead_ms`` = overhead - floor is ours.
 7. Triton's own readiness for comparison: a plain ``backend: "python"`` model that loads the same weights from a
    Hugging Face checkpoint folder and moves them to the device in ``initialize``, loaded through the
    model-control API (admin token) and timed until it answers its first request; then the same for a fresh
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import csv
 import datetime
 import functools
@@ -62,7 +64,7 @@ import threading
 import time
 import traceback
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,7 +182,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--warm", type=int, default=None, help="warm requests per model (default 20)")
     p.add_argument("--recold", type=int, default=None, help="forced cold starts per model (default 10)")
     p.add_argument("--rounds", type=int, default=None, help="round-robin passes of the eviction run (default 3)")
-    p.add_argument("--floor", type=int, default=None, help="requests per model to Triton's floor model (default 30)")
     p.add_argument("--triton-kind", choices=("cpu", "gpu"), default="cpu", help="Triton instance kind (see doc)")
     p.add_argument("--ready-timeout", type=float, default=420.0, help="seconds to wait for the server")
     p.add_argument("--skip-load-compare", action="store_true", help="skip step 7 (model-control API loads)")
@@ -192,7 +193,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.warm = args.warm if args.warm is not None else (5 if quick else 20)
     args.recold = args.recold if args.recold is not None else (2 if quick else 10)
     args.rounds = args.rounds if args.rounds is not None else (2 if quick else 3)
-    args.floor = args.floor if args.floor is not None else (8 if quick else 30)
     for m in args.models:
         if m not in zoo.ZOO:
             p.error(f"--models: {m!r} is not a zoo model ({', '.join(zoo.ZOO)})")
@@ -532,13 +532,6 @@ class Client:
             return Answer(client_ms, bool(flags[0] >= 0.5), float(flags[1]), correct, diff, backend_ms)
         return Answer(client_ms, False, 0.0, correct, diff, backend_ms)
 
-    def latency(self, name: str, model: str) -> float:
-        """Client milliseconds of one request to `name` with `model`'s inputs; the answer is not checked."""
-        inputs = self._infer_inputs(model)
-        start = time.perf_counter()
-        self.client.infer(name, inputs, client_timeout=120)
-        return (time.perf_counter() - start) * 1e3
-
     def _compute_infer_ns(self, name: str) -> int | None:
         """Triton's cumulative time in the model's execute() (its statistics API), to split the client's time."""
         try:
@@ -780,7 +773,7 @@ class Bench:
     # -- steps --
 
     def measure_model(self, name: str) -> None:
-        """First request, warm requests, then forced cold starts (step 3)."""
+        """First request, warm requests, then forced cold starts, each followed by one to the floor model (step 3)."""
         st = self.stats[name]
         st.first = self.ask(name)
         say(
@@ -791,33 +784,44 @@ class Bench:
             a = self.ask(name)
             if not a.cold:
                 st.warm.append(a.client_ms)
-        for i in range(self.args.recold):
-            touched = self.evict_model(name)
-            a = self.ask(name)
-            if a.cold:
-                st.colds.append(a)
-            say(
-                f"{name}: cold start {i + 1}/{self.args.recold} after {touched} other request(s): client "
-                f"{a.client_ms:.2f} ms, backend execute {a.backend_ms or math.nan:.2f} ms, engine {a.engine_ms:.2f} ms "
-                f"(cold={a.cold}, correct={a.correct})"
-            )
+        with self._floor_model(name) as floor:
+            for i in range(self.args.recold):
+                touched = self.evict_model(name)
+                a = self.ask(name)
+                if a.cold:
+                    st.colds.append(a)
+                say(
+                    f"{name}: cold start {i + 1}/{self.args.recold} after {touched} other request(s): client "
+                    f"{a.client_ms:.2f} ms, backend execute {a.backend_ms or math.nan:.2f} ms, engine "
+                    f"{a.engine_ms:.2f} ms (cold={a.cold}, correct={a.correct})"
+                )
+                if floor is not None and self.client is not None:  # the same client path, a moment later
+                    self.floor.setdefault(name, []).append(self.client.infer(floor, name, ("output",)).client_ms)
         p50, p99 = _ms(st.warm), _ms(st.warm, 99)
         say(f"{name}: warm p50 {p50 or math.nan:.2f} ms, p99 {p99 or math.nan:.2f} ms over {len(st.warm)} requests")
+        if name in self.floor:
+            say(f"{name}: Triton's floor p50 {_ms(self.floor[name]) or math.nan:.2f} ms")
 
-    def measure_floor(self, model: str) -> None:
-        """Triton's floor for `model`'s requests: its floor model, loaded, asked, unloaded (step 6)."""
+    @contextlib.contextmanager
+    def _floor_model(self, model: str) -> Iterator[str | None]:
+        """`model`'s floor model, loaded and past its first requests; None (and an error noted) if it fails."""
         assert self.client is not None
         c, name = self.client, f"{model}-floor"
-        folder = write_model(self.lay.repo, name, floor_config(name, model, self.args, self.lay))
-        (folder / "1" / "model.py").write_text(FLOOR_MODEL_PY)
-        c.client.load_model(name, headers=c.headers, client_timeout=120)
         try:
+            folder = write_model(self.lay.repo, name, floor_config(name, model, self.args, self.lay))
+            (folder / "1" / "model.py").write_text(FLOOR_MODEL_PY)
+            c.client.load_model(name, headers=c.headers, client_timeout=120)
             for _ in range(3):  # the stub's first requests import and allocate: not the floor
-                c.latency(name, model)
-            self.floor[model] = [c.latency(name, model) for _ in range(self.args.floor)]
+                c.infer(name, model, ("output",))
+        except Exception as exc:  # the cold starts are measured without it
+            self.errors.append(f"floor model {name}: {type(exc).__name__}: {exc}")
+            say(f"FAILED floor model {name}: {exc}")
+            yield None
+            return
+        try:
+            yield name
         finally:
             c.client.unload_model(name, headers=c.headers, client_timeout=120)
-        say(f"{name}: Triton's floor p50 {_ms(self.floor[model]) or math.nan:.2f} ms over {self.args.floor} requests")
 
     def eviction_run(self) -> None:
         """Round-robin passes over the eviction instances under the budget (step 4)."""
@@ -904,8 +908,6 @@ class Bench:
         self.step("load the other models", self.load_rest)
         for model in self.args.models:
             self.step(f"cold/warm latency of {model}", functools.partial(self.measure_model, model))
-        for model in self.args.models:
-            self.step(f"Triton's floor for {model}", functools.partial(self.measure_floor, model))
         self.step("eviction run", self.eviction_run)
         if not self.args.skip_load_compare:
             for model in self.args.models[: 1 if self.args.quick else None]:
