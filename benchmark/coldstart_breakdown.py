@@ -21,7 +21,8 @@ from pathlib import Path
 from .plot_files import plot_main
 
 SEGMENTS = (
-    ("engine: budget (room)", "#1f4e79"),
+    ("engine: budget bookkeeping (room)", "#1f4e79"),
+    ("engine: evicting victims (room)", "#7030a0"),
     ("engine: cold forward", "#2e75b6"),
     ("engine: release", "#9dc3e6"),
     ("backend: host validate + queue", "#c55a11"),
@@ -48,7 +49,7 @@ def _ms(row: dict[str, str], column: str) -> float:
 def segments(row: dict[str, str]) -> list[float]:
     """The `SEGMENTS` of one CSV row, in ms (negative differences of medians clipped to 0)."""
     t = {p: _ms(row, f"trace_{p}_ms") for p in ("read", "answer", "respond", "metrics", "exchange", "host", "validate",
-                                                "queue", "room", "engine", "release")}  # fmt: skip
+                                                "queue", "room", "evict", "engine", "release")}  # fmt: skip
     client, backend = _ms(row, "client_cold_ms"), _ms(row, "backend_cold_ms")
     if not client or not t["answer"]:
         raise BreakdownError(f"{row.get('model')}: no client latency or trace phases (was DEEPPLAN_TRACE on?)")
@@ -56,7 +57,8 @@ def segments(row: dict[str, str]) -> list[float]:
     inner = t["validate"] + t["queue"] + t["room"] + t["engine"] + t["release"]
     stub = t["read"] + t["respond"] + t["metrics"]
     parts = [
-        t["room"],
+        t["room"] - t["evict"],  # CSVs before session 9's last runs have no evict phase: all of room is here
+        t["evict"],
         t["engine"],
         t["release"],
         t["validate"] + t["queue"],

@@ -121,8 +121,8 @@ COLUMNS: tuple[str, ...] = (
     "date",
 )
 TRACE_PHASES = (
-    "read", "answer", "respond", "metrics", "exchange", "up", "host", "down", "validate", "queue", "room", "engine",
-    "release",
+    "read", "answer", "respond", "metrics", "exchange", "up", "host", "down", "validate", "queue", "room", "evict",
+    "engine", "release",
 )  # fmt: skip
 """Phases of the backend's ``deepplan trace`` lines (see `deepplan_backend.model`) reported per model: the
 median over its cold requests, as ``trace_<phase>_ms`` columns."""

@@ -13,10 +13,11 @@ import numpy as np
 
 TRACE_ENV = "DEEPPLAN_TRACE"
 """``DEEPPLAN_TRACE=1`` in the server's environment: the backend prints where each batch's time went."""
-PHASES = ("validate_ms", "queue_ms", "room_ms", "engine_ms", "release_ms")
-"""A served request's phases: input checks, waiting for the device thread, taking budget (evicting others),
-the engine's cold or warm forward (inputs in, output back on the host), giving the budget back (0 where an
-engine host does that after the reply)."""
+PHASES = ("validate_ms", "queue_ms", "room_ms", "evict_ms", "engine_ms", "release_ms")
+"""A served request's phases: input checks, waiting for the device thread, taking budget (evicting others), of
+which evicting the victims (``evict_ms`` lies inside ``room_ms``; the rest is the shared state file's
+bookkeeping), the engine's cold or warm forward (inputs in, output back on the host), giving the budget back (0
+where an engine host does that after the reply)."""
 
 
 @dataclass(frozen=True)

@@ -185,10 +185,14 @@ def _send(name: str, message: bytes, timeout: float | None) -> bytes:
 
 @dataclass(frozen=True)
 class Grant:
-    """What `acquire` decided: warm (already resident) or cold (bytes reserved), and who was evicted for it."""
+    """What `acquire` decided: warm (already resident) or cold (bytes reserved), and who was evicted for it.
+
+    `evict_ms` is how long those evictions took; the rest of `acquire` is the state file's bookkeeping.
+    """
 
     warm: bool
     evicted: tuple[str, ...] = ()
+    evict_ms: float = 0.0
 
 
 class _Listener:
@@ -430,6 +434,7 @@ class Residency:
         deadline = time.monotonic() + timeout_s
         evicted: list[str] = []
         outcomes: dict[str, str] = {}  # victims evicted since the last locked use -> their owners' replies
+        evict_s = 0.0
         wake: list[str] = []
         try:
             while True:
@@ -452,7 +457,7 @@ class Residency:
                             entry.update(bytes=need, resident=False)
                         state["waiters"].pop(self._listener.name, None)
                         wake = [w for w in wake if w != self._listener.name]
-                        return Grant(outcome == "warm", tuple(evicted))
+                        return Grant(outcome == "warm", tuple(evicted), evict_s * 1e3)
                     targets = []
                     if outcome == "evict":
                         for v in victims:
@@ -461,7 +466,9 @@ class Residency:
                     elif wait:  # the room is held by models in use (or being evicted by others)
                         state["waiters"][self._listener.name] = {"pid": self._pid, "start": self._start}
                 if targets:
+                    started = time.perf_counter()
                     outcomes = self._evict_each(targets)
+                    evict_s += time.perf_counter() - started
                     evicted.extend(v for v, _ in targets)
                     continue
                 if not wait:

@@ -488,11 +488,11 @@ class ServedModel:
     def _infer_timed(
         self, inputs: dict[str, torch.Tensor], room_timeout_s: float = WAIT_TIMEOUT_S, defer_release: bool = False
     ) -> tuple[torch.Tensor, bool, float, dict[str, float]]:
-        """`infer`, plus the request's phases in ms (queue, room, engine, release: see `answer.PHASES`).
+        """`infer`, plus the request's phases in ms (queue, room, evict, engine, release: see `answer.PHASES`).
 
         `defer_release`: leave the budget's release to `settle` (the caller answers first).
         """
-        timing: dict[str, float] = {"release_ms": 0.0}
+        timing: dict[str, float] = {"release_ms": 0.0, "evict_ms": 0.0}
 
         def on_device() -> tuple[InferenceResult, float] | None:
             start = time.perf_counter()
@@ -502,9 +502,10 @@ class ServedModel:
                 result = self._run_locked(inputs, timing, defer_release) if self.engine.is_resident else None
             if result is None:
                 try:  # never wait here: the device thread serves every model of its GPU
-                    self.residency.acquire(self.key, self.need_bytes, wait=False)
+                    grant = self.residency.acquire(self.key, self.need_bytes, wait=False)
                 except RoomBusy:
                     return None
+                timing["evict_ms"] = grant.evict_ms
                 acquired = time.perf_counter()
                 with self._lock:
                     result = self._run_locked(inputs, timing, defer_release)

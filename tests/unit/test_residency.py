@@ -242,6 +242,19 @@ def test_a_victim_of_the_same_process_is_evicted_by_a_direct_call_and_recorded_a
     r.release("b", 60)
 
 
+def test_a_grant_says_how_long_its_evictions_took(tmp_path) -> None:
+    r = Residency(tmp_path)
+    r.register("a", "cuda:0", 100, lambda: time.sleep(0.03))  # a victim whose device memory takes 30 ms to free
+    r.register("b", "cuda:0", 100, lambda: None)
+    assert r.acquire("a", 80).evict_ms == 0.0  # room to spare: nothing evicted
+    r.release("a", 80)
+    started = time.perf_counter()
+    grant = r.acquire("b", 60)
+    total_ms = (time.perf_counter() - started) * 1e3
+    assert grant.evicted == ("a",) and 30.0 <= grant.evict_ms <= total_ms
+    r.release("b", 60)
+
+
 def test_an_unused_residency_folder_is_removed_and_a_used_one_kept(tmp_path) -> None:
     import subprocess
     import sys
