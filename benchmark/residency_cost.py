@@ -16,14 +16,13 @@ import argparse
 import json
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from deepplan_backend.runtime import residency
-from deepplan_backend.runtime.residency import Residency
+from deepplan_backend.runtime.residency import Residency, scratch_state_dir
 
 from .table import write_records
 
@@ -61,8 +60,7 @@ def _codec(name: str) -> Iterator[None]:
 
 def time_cold_starts(models: int, rounds: int) -> tuple[float, float]:
     """Median ms of acquire (with one eviction) and of release, over `rounds` cold starts among `models` models."""
-    shm = Path("/dev/shm")  # where a server keeps its state (`residency.server_state_dir`)
-    with tempfile.TemporaryDirectory(prefix="residency-cost-", dir=shm if shm.is_dir() else None) as folder:
+    with scratch_state_dir("residency-cost-") as folder:  # where a server keeps its state
         res = Residency(Path(folder))
         for i in range(models):
             res.register(f"m{i}", "dev", 4 * 100, lambda: None)  # room for 4: every cold start evicts one

@@ -76,6 +76,7 @@ from deepplan_backend import install, serve
 from deepplan_backend.repository import OUTPUT_DIMS, config_pbtxt, inputs_pbtxt, write_model
 from deepplan_backend.runtime import zoo
 from deepplan_backend.runtime.answer import TRACE_ENV
+from deepplan_backend.runtime.residency import scratch_state_dir
 from deepplan_backend.runtime.served_model import parse_size
 
 from .coldstart_breakdown import BreakdownError
@@ -332,6 +333,7 @@ class Layout:
     tmp: Path
     budget: int
     gpu: bool
+    state: Path  # the residency folder's parent: in memory, as a server's own (`residency.scratch_state_dir`)
 
     @property
     def repo(self) -> Path:
@@ -346,7 +348,7 @@ class Layout:
     @property
     def residency(self) -> Path:
         """Residency state folder shared by the server's deepplan models."""
-        return self.tmp / "residency"
+        return self.state / "residency"
 
     @property
     def checkpoints(self) -> Path:
@@ -1168,8 +1170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     gpu, gpu_name, num_gpus = device_info()
     budget = resolve_budget(args)
     say(f"devices: {num_gpus} x {gpu_name}" if gpu else "devices: CPU only")
-    with tempfile.TemporaryDirectory(prefix="deepplan-coldstart-") as tmp:
-        lay = Layout(args.out, Path(tmp), budget, gpu)
+    with (
+        tempfile.TemporaryDirectory(prefix="deepplan-coldstart-") as tmp,
+        scratch_state_dir("deepplan-coldstart-state-") as state,
+    ):
+        lay = Layout(args.out, Path(tmp), budget, gpu, Path(state))
         build_repository(args, lay)
         say(
             f"repository: {len(args.models)} model(s) + {args.instances} eviction instances of {args.models[0]}, "

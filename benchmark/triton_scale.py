@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from deepplan_backend.runtime.residency import scratch_state_dir
 from loadtest.experiments import allow_paths, experiment_server, now_iso, say, start_and_wait, write_rows
 
 COLUMNS = (
@@ -136,8 +137,9 @@ def run_point(args: argparse.Namespace, process: str, count: int, ids: np.ndarra
     n_gpus = len(gpus) if gpus else 0
     row["gpus"] = n_gpus
     row["gpu_used_before_mib"] = sum(gpus) if gpus else None
-    with tempfile.TemporaryDirectory(prefix="deepplan-scale-") as work:
-        repo, state = Path(work) / "repo", (args.out / f"residency-{process}-n{count}").resolve()
+    with tempfile.TemporaryDirectory(prefix="deepplan-scale-") as work, scratch_state_dir("deepplan-scale-") as mem:
+        repo, state = Path(work) / "repo", Path(mem).resolve() / f"residency-{process}-n{count}"
+        allow_paths(state)
         params = {
             "engine": "deepplan",
             "process": process,

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from deepplan_backend.runtime.residency import scratch_state_dir
+
 if TYPE_CHECKING:
     from deepplan_backend import serve
 
@@ -423,11 +425,14 @@ def write_rows(
     return csv_path, json_path
 
 
-def point_env(out: Path) -> tuple[Path, tempfile.TemporaryDirectory[str]]:
-    """The plan repository (kept in ``<out>/plans``, shared by all points) and a temporary work folder."""
+def point_env(out: Path) -> tuple[Path, tempfile.TemporaryDirectory[str], tempfile.TemporaryDirectory[str]]:
+    """The plan repository (``<out>/plans``, shared by all points), a work folder, and one for residency folders.
+
+    The residency folders go where a server keeps its own, in memory (`residency.scratch_state_dir`).
+    """
     plans = out / "plans"
     plans.mkdir(parents=True, exist_ok=True)
-    return plans, tempfile.TemporaryDirectory(prefix="deepplan-exp-")
+    return plans, tempfile.TemporaryDirectory(prefix="deepplan-exp-"), scratch_state_dir("deepplan-exp-state-")
 
 
 def default_seq_len(models: Sequence[str]) -> int:

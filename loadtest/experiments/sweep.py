@@ -121,17 +121,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     where = f"{len(dev.gpu_ids)} x {dev.gpu_name} (GPUs {list(dev.gpu_ids)})" if dev.gpu_ids else "CPU"
     say(f"sweep of {args.model}: instances {args.instances}, engines {args.engines}, on {where}")
-    plans, tmp = point_env(out)
+    plans, tmp, mem = point_env(out)
     rows: list[dict[str, Any]] = []
     doc: dict[str, Any] = {"experiment": "fig12", "argv": list(sys.argv if argv is None else argv), "date": now_iso()}
     doc["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    with tmp:
+    with tmp, mem:
         for engine in args.engines:
             for n in args.instances:
                 tag = f"{engine}-n{n}"
                 say(f"== {tag}: {n} x {args.model}, engine {engine}, {args.rate:g} req/s for {args.duration_s:g} s")
                 work = Path(tmp.name) / tag
-                residency = work / "residency"
+                residency = Path(mem.name) / tag
                 residency.mkdir(parents=True)
                 allow_paths(plans, residency)
                 instances = instance_names([args.model], n)

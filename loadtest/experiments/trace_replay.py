@@ -176,18 +176,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"trace replay of {args.trace_file}: {args.instances} instances of {args.models}, engines {args.engines}, "
         f"{args.window_minutes} min at x{args.time_scale:g} = {seconds:.0f} s each, on {where}"
     )
-    plans, tmp = point_env(out)
+    plans, tmp, mem = point_env(out)
     rows: list[dict[str, Any]] = []
     timeline: list[dict[str, Any]] = []
     doc: dict[str, Any] = {"experiment": "fig14", "argv": list(sys.argv if argv is None else argv), "date": now_iso()}
     doc["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     instances = instance_names(args.models, args.instances)
     title = f"{'+'.join(args.models)} x{args.instances}, {args.rate:g} req/s, {where}"
-    with tmp:
+    with tmp, mem:
         for engine in args.engines:
             say(f"== {engine}")
             work = Path(tmp.name) / engine
-            residency = work / "residency"
+            residency = Path(mem.name) / engine
             residency.mkdir(parents=True)
             allow_paths(plans, residency)
             build_repository(work / "repo", instances, engine, dev, model_params(args, plans, residency))
