@@ -23,6 +23,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     export PYTHONPATH="/tmp/site:$PWD" PATH="/tmp/site/bin:$PATH"
 fi
 nvidia-smi > "$L/nvidia-smi.txt" 2>&1
+# Where temporary folders and /dev/shm live: a residency state file on a disk costs a cold start ~1 ms per update.
+df -hT /tmp /dev/shm > "$L/filesystems.txt" 2>&1
 steps=${*:-tests triton triton_eager engine scale fig12 limit}
 run() {  # run NAME SECONDS CMD...
     local name=$1 limit=$2 left=$(( deadline - $(date +%s) ))
