@@ -12,8 +12,10 @@ from benchmark.triton_coldstart import Layout, deepplan_config, parse_args
 @pytest.mark.parametrize(("option", "expected"), [([], "shared"), (["--process", "instance"], "instance")])
 def test_process_option_reaches_the_model_config(tmp_path: Path, option: list[str], expected: str) -> None:
     args = parse_args(["--quick", "--models", "tiny-bert", *option])
-    text = deepplan_config("m", "tiny-bert", args, Layout(tmp_path, tmp_path / "tmp", 1 << 30, gpu=False))
+    layout = Layout(tmp_path, tmp_path / "tmp", 1 << 30, gpu=False, state=tmp_path / "state")
+    text = deepplan_config("m", "tiny-bert", args, layout)
     assert 'key: "process"' in text
+    assert f'string_value: "{tmp_path / "state" / "residency"}"' in text  # the state folder, not the work folder
     process = text.split('key: "process"', 1)[1].split("string_value:", 1)[1].split('"')[1]
     assert process == expected
 
