@@ -8,6 +8,7 @@ import os
 import queue
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -253,6 +254,16 @@ def test_a_grant_says_how_long_its_evictions_took(tmp_path) -> None:
     total_ms = (time.perf_counter() - started) * 1e3
     assert grant.evicted == ("a",) and 30.0 <= grant.evict_ms <= total_ms
     r.release("b", 60)
+
+
+def test_benchmarks_scratch_state_lives_with_the_servers_and_goes_away() -> None:
+    from deepplan_backend.runtime.residency import scratch_state_dir, server_state_dir, state_base
+
+    assert server_state_dir(123).parent == state_base()
+    with scratch_state_dir("deepplan-test-") as folder:
+        assert Path(folder).parent == state_base() and Path(folder).is_dir()  # /dev/shm where there is one
+        Residency(Path(folder) / "residency").register("a", "cpu", 100, lambda: None)
+    assert not Path(folder).exists()
 
 
 def test_an_unused_residency_folder_is_removed_and_a_used_one_kept(tmp_path) -> None:
