@@ -13,11 +13,11 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from benchmark.measure import plain_model_output
 from deepplan_backend.runtime.engine import ColdStartEngine
 from deepplan_backend.runtime.plan import DHA, LoadSchedule
 from deepplan_backend.runtime.prepared import prepare
 from deepplan_backend.runtime.schedules import even_split
-from deepplan_backend.runtime.zoo import load_model
 
 pytestmark = [
     pytest.mark.gpu,
@@ -29,12 +29,8 @@ CYCLES = 3
 
 
 def _reference(name: str, dtype: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    plain = load_model(name, dtype=dtype).module.to("cuda:0")
-    with torch.inference_mode():
-        out = plain(**{k: v.to("cuda:0") for k, v in inputs.items()}).float().cpu()
-    del plain
-    torch.cuda.empty_cache()
-    return out
+    """The plain `transformers` model's output on GPU 0, as the Fig. 10 table computes it."""
+    return plain_model_output(name, dtype, torch.device("cuda:0"), inputs)
 
 
 def _schedules(n: int, nbytes: tuple[int, ...]) -> dict[str, tuple[LoadSchedule, bool]]:
