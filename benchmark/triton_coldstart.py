@@ -809,21 +809,23 @@ class Bench:
         """`model`'s floor model, loaded and past its first requests; None (and an error noted) if it fails."""
         assert self.client is not None
         c, name = self.client, f"{model}-floor"
+        loaded = ready = False
         try:
             folder = write_model(self.lay.repo, name, floor_config(name, model, self.args, self.lay))
             (folder / "1" / "model.py").write_text(FLOOR_MODEL_PY)
             c.client.load_model(name, headers=c.headers, client_timeout=120)
+            loaded = True
             for _ in range(3):  # the stub's first requests import and allocate: not the floor
                 c.infer(name, model, ("output",))
+            ready = True
         except Exception as exc:  # the cold starts are measured without it
             self.errors.append(f"floor model {name}: {type(exc).__name__}: {exc}")
             say(f"FAILED floor model {name}: {exc}")
-            yield None
-            return
         try:
-            yield name
+            yield name if ready else None
         finally:
-            c.client.unload_model(name, headers=c.headers, client_timeout=120)
+            if loaded:  # also when its first requests failed: it must not stay loaded for the rest of the run
+                c.client.unload_model(name, headers=c.headers, client_timeout=120)
 
     def eviction_run(self) -> None:
         """Round-robin passes over the eviction instances under the budget (step 4)."""
