@@ -41,6 +41,7 @@ import numpy as np
 
 from deepplan_backend.runtime.gc_pauses import freeze_long_lived
 
+from .stall_report import StallReport
 from .wire import WireError, recv_message, send_message
 
 LINGER_S = 3.0
@@ -61,6 +62,7 @@ class _Host:
         self._idle_since = time.monotonic()
         self._count_lock = threading.Lock()
         self._import_lock = threading.Lock()
+        self._stall_report = StallReport.from_environment()
 
     def serve_forever(self) -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
@@ -86,7 +88,8 @@ class _Host:
         _say(f"no model left for {self.linger_s:g} s; exiting")
 
     def _on_device_thread(self, fn: Callable[[], Any]) -> Any:
-        return self.worker.submit(fn).result()
+        report = self._stall_report
+        return self.worker.submit(fn if report is None else lambda: report.run(fn)).result()
 
     def _start_client(self, conn: socket.socket) -> None:
         conn.settimeout(FIRST_MESSAGE_TIMEOUT_S)  # a peer that never registers must not keep the host alive
