@@ -385,7 +385,12 @@ class ServedModel:
         does: its first warm request captures its two graphs (cold, with the chunk waits; warm, without), and in
         session 9's Fig. 12 run on 2 x H200 those first warm requests took 39-54 ms (p50, against 9 ms later
         ones) and held up the requests queued behind them on the GPU (warm p99 66-90 ms at 40 BERT-Bases).
-        A failure is reported by the first request instead.
+        The cold request's budget stays taken until the warm one is done (``defer_release``): the model stays in
+        use, so no other model's request evicts it in between. Models load concurrently, and in session 10's
+        Fig. 12 run (4 x H100, 40 BERT-Bases, room for 5 per GPU) the others' warm-ups, queued on the same device
+        thread, evicted most models between their two requests: the second was a cold start again, nothing was
+        captured, and the first warm requests under load captured the graphs after all (38-56 ms; caught by
+        `hosting.stall_report`). A failure is reported by the first request instead.
         """
         s = self.settings
         kind = (self.model.name, s.dtype, s.engine, s.seq_len, s.graphs, tuple(str(d) for d in self.devices))
@@ -395,8 +400,11 @@ class ServedModel:
             _WARMED.add(kind)
         try:
             inputs = self.model.example_inputs(1, s.seq_len)
-            self.infer(inputs, room_timeout_s=WARM_UP_ROOM_TIMEOUT_S)
-            self.infer(inputs, room_timeout_s=WARM_UP_ROOM_TIMEOUT_S)
+            try:
+                self._infer_timed(inputs, WARM_UP_ROOM_TIMEOUT_S, defer_release=True)
+                self.infer(inputs, room_timeout_s=WARM_UP_ROOM_TIMEOUT_S)  # warm: it releases the budget
+            finally:
+                self.settle()  # if the warm request failed before its release
 
             def evict_uncounted() -> None:  # not an eviction to make room: no metric, empty device
                 self._leave_device()  # another process's request may have evicted it already

@@ -144,6 +144,45 @@ def test_with_graphs_every_model_warms_up_at_load(tmp_path: Path, monkeypatch) -
             m.close()
 
 
+def test_a_warm_up_keeps_its_model_from_eviction_between_its_two_requests(tmp_path: Path, monkeypatch) -> None:
+    """Models load concurrently on one device thread: another model's request between a warm-up's cold and warm
+    request must not evict it, or the warm one is a cold start again and the graphs are never captured (on
+    4 x H100 the first warm requests under load then captured them: 38-56 ms)."""
+    from deepplan_backend.runtime.residency import RoomBusy
+
+    monkeypatch.setattr(served_model, "_WARMED", set())
+    monkeypatch.setattr(served_model, "_warms_per_model", lambda engine: True)
+    probe = ServedModel(_settings(tmp_path, "1GiB"), "probe#0", 1)
+    need = probe.need_bytes
+    probe.close()
+    budget = f"{need + need // 2}B"  # room for one model
+    other = ServedModel(_settings(tmp_path, budget), "b#0", 1)  # loaded, device empty again
+    jobs: list[str] = []
+    refused: list[str] = []
+
+    def runner(fn):
+        result = fn()
+        jobs.append("job")
+        if len(jobs) == 1:  # between the warm-up's cold and warm request, `b` needs the room
+            try:
+                other.residency.acquire(other.key, other.need_bytes, wait=False)
+            except RoomBusy as exc:
+                refused.append(str(exc))
+        return result
+
+    a = ServedModel(_settings(tmp_path, budget), "a#0", 1, device_runner=runner)
+    try:
+        assert refused, "b's request evicted the model mid-warm-up"
+        assert a.evictions == 0 and len(jobs) == 3  # cold, warm, then the warm-up's own eviction
+        entry = a.residency.snapshot()["models"]["a#0"]
+        assert (entry["resident"], entry["in_use"]) == (False, False)  # and nothing left marked in use
+        x = np.random.default_rng(2).integers(0, 1000, (1, 8), dtype=np.int64)
+        assert other.answer([{"input_ids": x}])[0].cold  # the room is free for b now
+    finally:
+        a.close()
+        other.close()
+
+
 def test_waiting_for_room_held_elsewhere_leaves_the_device_thread_free(tmp_path: Path) -> None:
     """Room held by a request of another process: the model waits on its own thread, not on the device thread
     that every other model of its GPU needs."""
