@@ -41,7 +41,8 @@ import time
 
 import torch
 
-from deepplan_backend.runtime.arena import CudaArena, _check, _driver
+from deepplan_backend.runtime.arena import CudaArena
+from deepplan_backend.runtime.cuda_driver import check, driver
 from deepplan_backend.runtime.engine import ColdStartEngine
 from deepplan_backend.runtime.graphs import capture_forward
 from deepplan_backend.runtime.plan import LoadSchedule
@@ -187,7 +188,7 @@ def compare_kernels(name: str, profiles: list[dict[str, tuple[int, float]]]) -> 
 
 def _driver_calls_ms(ptr: object, size: int, prop: object, device_index: int, repeats: int) -> dict[str, float]:
     """Median ms of each VMM driver call of one map/unmap cycle at the reserved range `ptr` of `size` bytes."""
-    cu = _driver()
+    cu = driver()
     desc = cu.CUmemAccessDesc()
     desc.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
     desc.location.id = device_index
@@ -196,15 +197,15 @@ def _driver_calls_ms(ptr: object, size: int, prop: object, device_index: int, re
     with torch.cuda.device(device_index):
         for _ in range(repeats):
             marks = [time.perf_counter()]
-            handle = _check(cu.cuMemCreate(size, prop, 0), "cuMemCreate")
+            handle = check(cu.cuMemCreate(size, prop, 0), "cuMemCreate")
             marks.append(time.perf_counter())
-            _check(cu.cuMemMap(ptr, size, 0, handle, 0), "cuMemMap")
+            check(cu.cuMemMap(ptr, size, 0, handle, 0), "cuMemMap")
             marks.append(time.perf_counter())
-            _check(cu.cuMemSetAccess(ptr, size, [desc], 1), "cuMemSetAccess")
+            check(cu.cuMemSetAccess(ptr, size, [desc], 1), "cuMemSetAccess")
             marks.append(time.perf_counter())
-            _check(cu.cuMemUnmap(ptr, size), "cuMemUnmap")
+            check(cu.cuMemUnmap(ptr, size), "cuMemUnmap")
             marks.append(time.perf_counter())
-            _check(cu.cuMemRelease(handle), "cuMemRelease")
+            check(cu.cuMemRelease(handle), "cuMemRelease")
             marks.append(time.perf_counter())
             for key, a, b in zip(steps, marks, marks[1:], strict=False):
                 steps[key].append((b - a) * 1e3)
@@ -239,16 +240,16 @@ def arena_costs(name: str, repeats: int = 10) -> None:
 
 def set_access_sweep(sizes_mib: list[int], alignments_mib: list[int], repeats: int = 8) -> None:
     """Median ms of each VMM driver call for each size and address alignment."""
-    cu = _driver()
+    cu = driver()
     probe = CudaArena(2 << 20, torch.device("cuda:0"))  # for its allocation properties
     for size_mib in sizes_mib:
         size = size_mib << 20
         for align_mib in alignments_mib:
             with torch.cuda.device(probe.index):
-                ptr = _check(cu.cuMemAddressReserve(size, align_mib << 20, 0, 0), "cuMemAddressReserve")
+                ptr = check(cu.cuMemAddressReserve(size, align_mib << 20, 0, 0), "cuMemAddressReserve")
             calls = _driver_calls_ms(ptr, size, probe._prop, probe.index, repeats)
             with torch.cuda.device(probe.index):
-                _check(cu.cuMemAddressFree(ptr, size), "cuMemAddressFree")
+                check(cu.cuMemAddressFree(ptr, size), "cuMemAddressFree")
             print(
                 f"vmm {size_mib:6d} MiB aligned {align_mib:4d} MiB at {hex(int(ptr))}: {_calls_text(calls)}", flush=True
             )

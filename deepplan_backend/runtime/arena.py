@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import torch
 
+from . import cuda_driver
+
 
 class ArenaError(RuntimeError):
     """The arena could not be reserved or mapped (e.g. the device is out of memory)."""
@@ -73,33 +75,12 @@ class HostArena:
         self.tensor = torch.empty(0, dtype=torch.uint8)
 
 
-@functools.cache
-def _driver() -> Any:
-    """The CUDA driver API of cuda-bindings, imported once (the copy engines call it for every copy they issue)."""
-    try:
-        from cuda.bindings import driver
-    except ImportError:  # cuda-python < 12.6 spelled it this way
-        from cuda import cuda as driver  # type: ignore[no-redef]
-    return driver
-
-
 def vmm_available() -> bool:
     """Whether the CUDA driver API is importable (cuda-bindings / cuda-python)."""
-    try:
-        _driver()
-    except ImportError:
-        return False
-    return True
+    return cuda_driver.available()
 
 
-def _check(result: Any, what: str, error: type[Exception] = ArenaError) -> Any:
-    """The value(s) of a driver call's ``(CUresult, ...)`` result, or `error` naming the call and the driver's error."""
-    cu = _driver()
-    err, *rest = result if isinstance(result, tuple) else (result,)
-    if err != cu.CUresult.CUDA_SUCCESS:
-        name = cu.cuGetErrorName(err)[1]
-        raise error(f"{what} failed: {name.decode() if isinstance(name, bytes) else name}")
-    return rest[0] if len(rest) == 1 else rest
+_check = functools.partial(cuda_driver.check, error=ArenaError)
 
 
 class _DevicePointer:
@@ -119,7 +100,7 @@ class CudaArena:
     """Arena on a GPU through CUDA virtual memory management; peers get access for NVLink writes."""
 
     def __init__(self, nbytes: int, device: torch.device, peers: Sequence[torch.device] = ()) -> None:
-        cu = _driver()
+        cu = cuda_driver.driver()
         torch.cuda.init()
         self.device = device
         self.index = device.index if device.index is not None else torch.cuda.current_device()
@@ -152,7 +133,7 @@ class CudaArena:
         """Create physical memory on the device and map it at the reserved address."""
         if self.mapped:
             return
-        cu = _driver()
+        cu = cuda_driver.driver()
         with torch.cuda.device(self.index):
             handle = _check(cu.cuMemCreate(self._size, self._prop, 0), f"cuMemCreate({self._size} bytes)")
             try:
@@ -179,7 +160,7 @@ class CudaArena:
         """Unmap and release the physical memory: the driver has it back, the address stays reserved."""
         if not self.mapped:
             return
-        cu = _driver()
+        cu = cuda_driver.driver()
         torch.cuda.synchronize(self.device)  # no kernel or copy may still touch the range
         with torch.cuda.device(self.index):
             _check(cu.cuMemUnmap(self._ptr, self._size), "cuMemUnmap")
@@ -192,7 +173,7 @@ class CudaArena:
         self.unmap()
         self.tensor = torch.empty(0, dtype=torch.uint8, device=self.device)
         with torch.cuda.device(self.index):
-            _check(_driver().cuMemAddressFree(self._ptr, self._size), "cuMemAddressFree")
+            _check(cuda_driver.driver().cuMemAddressFree(self._ptr, self._size), "cuMemAddressFree")
 
 
 def make_arena(nbytes: int, device: torch.device) -> Arena:

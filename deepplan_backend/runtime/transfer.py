@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .arena import _check, _driver
+from .cuda_driver import check, driver
 
 
 class DeviceError(RuntimeError):
@@ -124,11 +124,11 @@ class _PeerLane:
 
 def _driver_event(device: torch.device) -> Any:
     """A timing-free driver event in `device`'s primary context (an event is recorded on its own device only)."""
-    cu = _driver()
+    cu = driver()
     with torch.cuda.device(device):
         torch.cuda.current_stream()  # makes the device's primary context current on this thread
         flags = cu.CUevent_flags.CU_EVENT_DISABLE_TIMING
-        return _check(cu.cuEventCreate(flags), f"cuEventCreate on {device}", DeviceError)
+        return check(cu.cuEventCreate(flags), f"cuEventCreate on {device}", DeviceError)
 
 
 def _enable_peer_access(target: torch.device, peer: torch.device) -> None:
@@ -154,7 +154,7 @@ class CudaCopyEngine:
     """
 
     def __init__(self, device: torch.device, peers: Sequence[torch.device] = ()) -> None:
-        self._cu = _driver()
+        self._cu = driver()
         self.device = device
         self.peers = list(peers)
         self.num_slots = 1 + len(self.peers)
@@ -181,7 +181,7 @@ class CudaCopyEngine:
         return self._lanes
 
     def _memcpy(self, dst: int, src: int, nbytes: int, handle: object) -> None:
-        _check(self._cu.cuMemcpyAsync(dst, src, nbytes, handle), f"cuMemcpyAsync of {nbytes} bytes", DeviceError)
+        check(self._cu.cuMemcpyAsync(dst, src, nbytes, handle), f"cuMemcpyAsync of {nbytes} bytes", DeviceError)
 
     def issue(self, jobs: Sequence[CopyJob], events: Sequence[object] | None = None) -> list[object]:
         """Start target copies first (they are needed first), then each peer's share in layer order."""
@@ -218,12 +218,12 @@ class CudaCopyEngine:
             lane.next_slot = (slot + 1) % STAGING_SLOTS
             stage = lane.ring.data_ptr() + slot * STAGING_SLOT_BYTES
             if lane.used[slot]:  # the slot's previous bytes must have been pulled before it is overwritten
-                _check(cu.cuStreamWaitEvent(lane.h2d_handle, lane.freed[slot], 0), "cuStreamWaitEvent", DeviceError)
+                check(cu.cuStreamWaitEvent(lane.h2d_handle, lane.freed[slot], 0), "cuStreamWaitEvent", DeviceError)
             self._memcpy(stage, src + offset, n, lane.h2d_handle)
-            _check(cu.cuEventRecord(lane.staged[slot], lane.h2d_handle), "cuEventRecord", DeviceError)
-            _check(cu.cuStreamWaitEvent(lane.pull_handle, lane.staged[slot], 0), "cuStreamWaitEvent", DeviceError)
+            check(cu.cuEventRecord(lane.staged[slot], lane.h2d_handle), "cuEventRecord", DeviceError)
+            check(cu.cuStreamWaitEvent(lane.pull_handle, lane.staged[slot], 0), "cuStreamWaitEvent", DeviceError)
             self._memcpy(dst + offset, stage, n, lane.pull_handle)
-            _check(cu.cuEventRecord(lane.freed[slot], lane.pull_handle), "cuEventRecord", DeviceError)
+            check(cu.cuEventRecord(lane.freed[slot], lane.pull_handle), "cuEventRecord", DeviceError)
             lane.used[slot] = True
 
     def _mark(self, k: int, stream: torch.cuda.Stream) -> object:
