@@ -811,8 +811,7 @@ class Bench:
         c, name = self.client, f"{model}-floor"
         loaded = ready = False
         try:
-            folder = write_model(self.lay.repo, name, floor_config(name, model, self.args, self.lay))
-            (folder / "1" / "model.py").write_text(FLOOR_MODEL_PY)
+            write_model(self.lay.repo, name, floor_config(name, model, self.args, self.lay), FLOOR_MODEL_PY)
             c.client.load_model(name, headers=c.headers, client_timeout=120)
             loaded = True
             for _ in range(3):  # the stub's first requests import and allocate: not the floor
@@ -874,8 +873,8 @@ class Bench:
         st = self.stats[model]
         device = "cuda:0" if self.lay.gpu else "cpu"
         plain = f"{model}-python"
-        folder = write_model(self.lay.repo, plain, plain_config(plain, model, self.refs[model].checkpoint, device))
-        (folder / "1" / "model.py").write_text(PLAIN_MODEL_PY)
+        config = plain_config(plain, model, self.refs[model].checkpoint, device)
+        write_model(self.lay.repo, plain, config, PLAIN_MODEL_PY)
         api, total, answer = self._timed_load(plain, model, with_cold=False)
         st.loads.update(triton_load_api_ms=api, triton_load_ms=total, triton_correct=answer.correct)
         say(f"{plain}: load API {api:.0f} ms, ready+first answer {total:.0f} ms, correct={answer.correct}")

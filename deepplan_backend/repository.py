@@ -90,12 +90,18 @@ parameters [
 """
 
 
-def write_model(repo: Path, name: str, text: str) -> Path:
-    """``<repo>/<name>/config.pbtxt`` plus the empty version folder ``1/`` Triton requires."""
+def write_model(repo: Path, name: str, text: str, model_py: str | None = None) -> Path:
+    """``<repo>/<name>/config.pbtxt`` plus the version folder ``1/`` Triton requires.
+
+    The folder stays empty for a deepplan model (the backend's own ``model.py`` serves it); `model_py` is the code
+    of a plain ``backend: "python"`` model, written as ``1/model.py``.
+    """
     folder = Path(repo) / name
     (folder / "1").mkdir(parents=True, exist_ok=True)
     (folder / "1" / ".gitkeep").touch()
     (folder / "config.pbtxt").write_text(text)
+    if model_py is not None:
+        (folder / "1" / "model.py").write_text(model_py)
     return folder
 
 

@@ -2,7 +2,8 @@
 
 Usage in a test module::
 
-    from tests.triton_server import running_triton, write_model
+    from deepplan_backend.repository import write_model
+    from tests.triton_server import running_triton
 
     @pytest.fixture(scope="module")
     def triton(tmp_path_factory):
@@ -61,14 +62,6 @@ def free_ports(n: int, host: str = serve.LOOPBACK) -> list[int]:
         for s in socks:
             s.bind((host, 0))
         return [s.getsockname()[1] for s in socks]
-
-
-def write_model(repo: Path, name: str, config_pbtxt: str, *, version: int = 1) -> Path:
-    """Write ``<repo>/<name>/config.pbtxt`` and the (empty) version folder Triton requires; return the model dir."""
-    model = Path(repo) / name
-    (model / str(version)).mkdir(parents=True, exist_ok=True)
-    (model / "config.pbtxt").write_text(config_pbtxt)
-    return model
 
 
 @contextmanager

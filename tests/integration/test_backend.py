@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from deepplan_backend.repository import config_pbtxt
+from deepplan_backend.repository import config_pbtxt, write_model
 from deepplan_backend.runtime.residency import Residency
 from deepplan_backend.runtime.zoo import load_model
-from tests.triton_server import running_triton, write_model
+from tests.triton_server import running_triton
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 
 from deepplan_backend import serve
-from deepplan_backend.repository import config_pbtxt
+from deepplan_backend.repository import config_pbtxt, write_model
 from deepplan_backend.runtime.path_policy import ALLOWED_ROOTS_ENV
 from deepplan_backend.runtime.plan import PlanError, PlanKey
 from deepplan_backend.runtime.plan_messages import PlanFileMessage
 from deepplan_backend.runtime.plan_repository import list_plans, load_plan, plan_path, read_plan
 from deepplan_backend.runtime.served_model import PLAN_DIR_ENV
-from tests.triton_server import running_triton, write_model
+from tests.triton_server import running_triton
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
