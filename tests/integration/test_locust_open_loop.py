@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deepplan_backend.repository import write_model
+
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO.parent / "shared" / "traces" / "azure2019-sample100" / "invocations.csv"
 SLEEP_MS = 150.0
@@ -101,8 +103,7 @@ def triton(tmp_path_factory):
     for name in [*MODELS, "lt-fail"]:
         fail = name == "lt-fail"
         config = CONFIG % {"count": 1 if fail else INSTANCES_PER_MODEL, "sleep_ms": SLEEP_MS, "fail": fail}
-        model_dir = triton_server.write_model(repo, name, config)
-        (model_dir / "1" / "model.py").write_text(MODEL_PY)
+        write_model(repo, name, config, MODEL_PY)
     # The test models use the plain Python backend; a placeholder deepplan backend keeps this test
     # independent of the real adapter's state (no model here selects it).
     backend_source = tmp_path_factory.mktemp("deepplan_backend_src")

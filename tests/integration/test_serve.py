@@ -25,6 +25,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from deepplan_backend import serve
+from deepplan_backend.repository import write_model
 
 pytestmark = pytest.mark.triton
 
@@ -71,7 +72,7 @@ def make_backend_and_repo(root: Path) -> tuple[Path, Path]:
     (source / "model.py").write_text(BACKEND_MODEL_PY)
     repo = root / "repo"
     for name in ("double", "spare"):
-        triton_server.write_model(repo, name, CONFIG)
+        write_model(repo, name, CONFIG)
     return source, repo
 
 
@@ -160,7 +161,7 @@ def test_a_model_that_fails_to_load_stops_the_start_with_its_error(tmp_path):
     (source / "model.py").write_text(
         "class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('boom: no plan')\n"
     )
-    triton_server.write_model(tmp_path / "repo", "broken", CONFIG)
+    write_model(tmp_path / "repo", "broken", CONFIG)
     with pytest.raises(serve.ServerExitedError) as exc:
         with triton_server.running_triton(tmp_path / "repo", backend_source=source):
             pass
