@@ -55,8 +55,10 @@ for step in $steps; do
             ${FIG10_ARGS---graphs -n 8 --warmup 2} -o "$L/fig10.csv" ;;
         scale) run scale 300 python3 -m benchmark.triton_scale --model bert-base \
             --points shared:8 shared:200 instance:4 instance:8 --budget 2GiB --out "$L/scale" ;;
+        # A device job past 60 ms (a BERT-Base cold start takes ~10 ms, a graph capture ~50) dumps the engine host's
+        # stacks into the point's server.log, at most 20 times per host: how session 10's early stall was caught.
         # shellcheck disable=SC2086  # FIG12_INSTANCES is a list
-        fig12) run fig12 560 python3 -m loadtest.experiments.sweep --model bert-base \
+        fig12) DEEPPLAN_STALL_DUMP_MS=${DEEPPLAN_STALL_DUMP_MS:-60} run fig12 560 python3 -m loadtest.experiments.sweep --model bert-base \
             --instances ${FIG12_INSTANCES:-20 40 80} --engines pipeline deepplan deepplan+pt --devices auto \
             --rate "${FIG12_RATE:-100}" --duration-s "${FIG12_DURATION_S:-20}" --drain-s 5 \
             --slo-ms 100 --warmup-s 2 --budget 2GiB --out "$L/fig12" ;;
