@@ -221,13 +221,21 @@ class TritonPythonModel:
                 answers.append(Answer(error=str(exc), invalid=True))
         marks.append(time.perf_counter())
         settler = self.settler
-        served_answers = []
-        if readable:
-            if settler is None:  # an engine host releases after its reply
-                served_answers = self.served.answer(readable)
-            else:
-                served_answers = settler.served.answer(readable, defer_release=True)
-        marks.append(time.perf_counter())
+        served_answers: list[Answer] = []
+        try:
+            if readable:
+                if settler is None:  # an engine host releases after its reply
+                    served_answers = self.served.answer(readable)
+                else:
+                    served_answers = settler.served.answer(readable, defer_release=True)
+            marks.append(time.perf_counter())
+            return self._responses(requests, answers, served_answers, marks)
+        finally:
+            if settler is not None and readable:  # also after a failure: the model must not stay in use
+                settler.wake.set()
+
+    def _responses(self, requests: list, answers: list, served_answers: list, marks: list[float]) -> list:
+        """One Triton response per request from its answer (`answers` holds None where `served_answers` goes)."""
         served = iter(served_answers)
         responses = []
         cold_ms: list[float] = []
@@ -250,8 +258,6 @@ class TritonPythonModel:
         if self.trace:
             marks.append(time.perf_counter())
             print(_trace_line(self.name, len(requests), marks, served_answers), flush=True)
-        if settler is not None and readable:
-            settler.wake.set()
         return responses
 
     def _refresh_metrics(self) -> None:
