@@ -257,8 +257,13 @@ def test_models_share_one_engine_host(server):
     assert "deepplan_backend.hosting.engine_host" in _cmdline(host)
     assert host not in _children(server.server.pid), "the host runs in its own session, not as a stub"
     http_infer(server, "bert-a", input_ids=ids())  # a front end that has answered, too
-    for stub in _children(server.server.pid):
-        maps = Path(f"/proc/{stub}/maps").read_text()
+    stubs = _children(server.server.pid)
+    assert stubs, "tritonserver has no stub processes"
+    for stub in stubs:
+        try:
+            maps = Path(f"/proc/{stub}/maps").read_text()
+        except (ProcessLookupError, FileNotFoundError):  # exited since listed: e.g. the stub a reload replaced
+            continue
         assert "libtorch" not in maps, f"front end {_cmdline(stub)[:80]} loaded PyTorch (no CUDA, no 300 MB)"
 
 
