@@ -75,11 +75,6 @@ class HostArena:
         self.tensor = torch.empty(0, dtype=torch.uint8)
 
 
-def vmm_available() -> bool:
-    """Whether the CUDA driver API is importable (cuda-bindings / cuda-python)."""
-    return cuda_driver.available()
-
-
 _check = functools.partial(cuda_driver.check, error=ArenaError)
 
 
@@ -180,6 +175,6 @@ def make_arena(nbytes: int, device: torch.device) -> Arena:
     """An arena on `device`, private to it (PT peers' bytes are pulled by the target, see transfer.py)."""
     if device.type == "cpu":
         return HostArena(nbytes)
-    if not vmm_available():
+    if not cuda_driver.available():
         raise ArenaError("CUDA arenas need the `cuda-bindings` (cuda-python) package: pip install cuda-python")
     return CudaArena(nbytes, device)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepplan_backend.runtime.arena import ArenaError, HostArena, make_arena, vmm_available
+from deepplan_backend.runtime import cuda_driver
+from deepplan_backend.runtime.arena import ArenaError, HostArena, make_arena
 
 SIZE = 3 * 4096 + 100  # several pages, not a page multiple
 
@@ -75,7 +76,7 @@ def test_make_arena_on_cpu() -> None:
     assert not arena.mapped
 
 
-@pytest.mark.skipif(vmm_available(), reason="cuda-bindings installed: the CUDA path is covered by tests/gpu")
+@pytest.mark.skipif(cuda_driver.available(), reason="cuda-bindings installed: the CUDA path is covered by tests/gpu")
 def test_make_arena_on_cuda_without_driver_bindings_says_what_to_install() -> None:
     with pytest.raises(ArenaError, match="cuda-python"):
         make_arena(SIZE, torch.device("cuda", 0))
