@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import faulthandler
 import os
 import select
 import socket
@@ -252,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--socket", type=Path, required=True, help="Unix socket path to listen on")
     p.add_argument("--linger-s", type=float, default=LINGER_S, help="exit after this long without a model")
     args = p.parse_args(argv)
+    # A host that dies of a signal (SIGSEGV in a native library) would otherwise leave no line in the server's log:
+    # its front ends just start a new one. Session 11 lost five hosts that way before the cause was found.
+    faulthandler.enable(file=sys.stderr, all_threads=True)
     _Host(args.socket, args.linger_s).serve_forever()
     return 0
 

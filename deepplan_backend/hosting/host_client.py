@@ -121,6 +121,7 @@ class HostedModel:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._spawned: subprocess.Popen[bytes] | None = None
+        self._lost_host = False  # a connection of this model broke (the host died, or its model was unloaded)
         self._status = ModelStatus()
         self._evictions_before = 0  # evictions counted by hosts this model lived in before the current one
         self._host_evictions = 0
@@ -176,9 +177,17 @@ class HostedModel:
         # Its own session: the host outlives the stub that started it (other models use it) and is not killed
         # with that stub's process group; it exits by itself once no model is left.
         self._spawned = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        # Said here, not by the host: a host that replaces a dead one is the only trace of that death in the log.
+        why = "its host was lost" if self._lost_host else "no host yet"
+        print(
+            f"deepplan: {self._register_header['key']}: started engine host pid {self._spawned.pid} for GPU "
+            f"{self.target} ({why})",
+            flush=True,
+        )
 
     def _drop(self) -> None:
         if self._sock is not None:
+            self._lost_host = True
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None

@@ -5,16 +5,23 @@ threads when one device job (a request's budget and forward, an eviction) has ru
 `MAX_DUMPS` times per host. Why: under load, an engine host has been seen to stall for 0.3-0.5 s once, early in a
 run, holding up every model of its GPU (Fig. 12 on 4 x H100, 40 BERT-Bases: warm requests of 130-365 ms within
 the first second, none later), and the request traces only say that the time went somewhere on the device
-thread. The dump comes from `faulthandler`'s own watchdog thread, so it shows the stall even when the GIL is
-held by another thread.
+thread.
+
+The stacks come from a watchdog thread of this module that reads them with the GIL held
+(`sys._current_frames`), not from `faulthandler.dump_traceback_later`: faulthandler walks the other threads'
+frames without the GIL, and an engine host starts and ends a thread per connection, so a thread ending during a
+dump crashed the host with SIGSEGV (CPython issue 116008; 5 engine hosts died silently in session 11's Fig. 12
+run on 4 x H200, and one death held every model up for 13 s). The price: a thread that keeps the GIL for the
+whole stall delays its dump until it lets go.
 """
 
 from __future__ import annotations
 
-import faulthandler
 import os
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -25,13 +32,21 @@ T = TypeVar("T")
 
 
 class StallReport:
-    """Runs device jobs under a watchdog that dumps every thread's stack when one outlives `limit_ms`."""
+    """Runs device jobs under a watchdog that prints every thread's stack when one outlives `limit_ms`.
+
+    Jobs run one at a time (the engine host's device thread); the watchdog thread starts with the first job.
+    """
 
     def __init__(self, limit_ms: float) -> None:
         if limit_ms <= 0:
             raise ValueError(f"{STALL_DUMP_ENV} must be a positive number of milliseconds, got {limit_ms:g}")
         self.limit_s = limit_ms / 1e3
         self.dumps = 0
+        self._cond = threading.Condition()
+        self._job = 0  # number of the job running now; 0 while none runs
+        self._started = 0.0
+        self._jobs = 0
+        self._watchdog: threading.Thread | None = None
 
     @classmethod
     def from_environment(cls) -> StallReport | None:
@@ -49,14 +64,59 @@ class StallReport:
             return None
 
     def run(self, job: Callable[[], T]) -> T:
-        """`job()`, watched. Only one job runs at a time (the device thread): faulthandler has one timer."""
+        """`job()`, watched."""
         if self.dumps >= MAX_DUMPS:
             return job()
-        start = time.perf_counter()
-        faulthandler.dump_traceback_later(self.limit_s, repeat=False, file=sys.stderr)
+        with self._cond:
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch, name="deepplan-stall-watchdog", daemon=True)
+                self._watchdog.start()
+            self._jobs += 1
+            self._job, self._started = self._jobs, time.perf_counter()
+            self._cond.notify()
         try:
             return job()
         finally:
-            faulthandler.cancel_dump_traceback_later()
-            if time.perf_counter() - start >= self.limit_s:  # it fired (give or take the timer's resolution)
+            with self._cond:
+                self._job = 0
+                self._cond.notify()
+
+    def _watch(self) -> None:
+        while self.dumps < MAX_DUMPS:
+            with self._cond:
+                self._cond.wait_for(lambda: self._job != 0)
+                job, deadline = self._job, self._started + self.limit_s
+                # Wait out this job: its end (or a later job) notifies; a spurious wake-up re-checks the clock.
+                while self._job == job and time.perf_counter() < deadline:
+                    self._cond.wait(deadline - time.perf_counter())
+                if self._job != job:
+                    continue
+                running_ms = (time.perf_counter() - self._started) * 1e3
                 self.dumps += 1
+            _write(_stacks(f"device job running for {running_ms:.0f} ms (dump {self.dumps} of at most {MAX_DUMPS})"))
+            with self._cond:  # one dump per job
+                while self._job == job:
+                    self._cond.wait()
+
+
+def _stacks(title: str) -> str:
+    """Every thread's Python stack, most recent call last, under one header naming this process."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    me = threading.get_ident()
+    parts = [f"deepplan stall report (pid {os.getpid()}): {title}\n"]
+    for ident, frame in sys._current_frames().items():
+        if ident == me:
+            continue
+        parts.append(f"Thread {names.get(ident, '?')} ({ident:#x}):\n")
+        parts.extend(traceback.format_stack(frame))
+    return "".join(parts)
+
+
+def _write(text: str) -> None:
+    """One write per dump, so that dumps of several hosts sharing the server's stderr do not interleave line by line."""
+    data = text.encode(errors="replace")
+    try:
+        while data:
+            data = data[os.write(sys.stderr.fileno(), data) :]
+    except (OSError, ValueError):  # stderr closed or not a file: the report is best effort
+        pass
