@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--linger-s", type=float, default=LINGER_S, help="exit after this long without a model")
     args = p.parse_args(argv)
     # A host that dies of a signal (SIGSEGV in a native library) would otherwise leave no line in the server's log:
-    # its front ends just start a new one. Session 11 lost five hosts that way before the cause was found.
+    # its front ends just start a new one. Session 11 lost eight hosts that way before the cause was found.
     faulthandler.enable(file=sys.stderr, all_threads=True)
     _Host(args.socket, args.linger_s).serve_forever()
     return 0
