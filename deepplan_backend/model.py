@@ -44,6 +44,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from deepplan_backend.runtime.answer import TRACE_ENV
+from deepplan_backend.runtime.crash_policy import prepare_to_die
 from deepplan_backend.runtime.gc_pauses import freeze_long_lived
 
 if TYPE_CHECKING:  # the front end imports only what its `process` mode needs
@@ -174,6 +175,7 @@ class TritonPythonModel:
             from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
 
             settings = ServeSettings.from_parameters(params, model_dir=model_dir)
+            prepare_to_die()  # this stub now takes the server-wide residency lock, as an engine host does
             local = ServedModel(settings, key, self.max_batch_size, device_id)
             self.served = local
             self.settler = _Settler(local)

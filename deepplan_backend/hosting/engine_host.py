@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import faulthandler
 import os
 import select
 import socket
@@ -40,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from deepplan_backend.runtime.crash_policy import prepare_to_die
 from deepplan_backend.runtime.gc_pauses import freeze_long_lived
 
 from .stall_report import StallReport
@@ -253,9 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--socket", type=Path, required=True, help="Unix socket path to listen on")
     p.add_argument("--linger-s", type=float, default=LINGER_S, help="exit after this long without a model")
     args = p.parse_args(argv)
-    # A host that dies of a signal (SIGSEGV in a native library) would otherwise leave no line in the server's log:
-    # its front ends just start a new one. Session 11 lost eight hosts that way before the cause was found.
-    faulthandler.enable(file=sys.stderr, all_threads=True)
+    # A host that dies of a signal (SIGSEGV in a native library) would otherwise leave no line in the server's log
+    # (its front ends just start a new one: session 11 lost eight hosts that way), and could hold every GPU's
+    # requests while its core is written.
+    prepare_to_die()
     _Host(args.socket, args.linger_s).serve_forever()
     return 0
 
