@@ -26,6 +26,8 @@ fi
 nvidia-smi > "$L/nvidia-smi.txt" 2>&1
 # Where temporary folders and /dev/shm live: a residency state file on a disk costs a cold start ~1 ms per update.
 df -hT /tmp /dev/shm > "$L/filesystems.txt" 2>&1
+# Whether a crashing process would write a core (it holds the residency lock while it does: runtime/crash_policy.py).
+{ echo "ulimit -c: $(ulimit -c)"; echo "core_pattern: $(cat /proc/sys/kernel/core_pattern)"; } > "$L/core_dumps.txt" 2>&1
 steps=${*:-tests triton triton_eager engine scale fig12 limit}
 run() {  # run NAME SECONDS CMD...
     local name=$1 limit=$2 left=$(( deadline - $(date +%s) ))
