@@ -11,7 +11,7 @@ The stacks come from a watchdog thread of this module that reads them with the G
 (`sys._current_frames`), not from `faulthandler.dump_traceback_later`: faulthandler walks the other threads'
 frames without the GIL, and an engine host starts and ends a thread per connection, so a thread ending during a
 dump crashed the host with SIGSEGV (CPython issue 116008; 8 engine hosts died silently in session 11's Fig. 12
-run on 4 x H200, and one death held every model up for 13 s). The price: a thread that keeps the GIL for the
+run on 4 x H200, and one death held every model up for 12 s). The price: a thread that keeps the GIL for the
 whole stall delays its dump until it lets go.
 """
 
