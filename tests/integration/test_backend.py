@@ -293,7 +293,11 @@ def test_killed_front_end_stub_server_recovers(server):
 
 
 def test_killed_engine_host_leaks_no_budget_and_server_recovers(server):
-    """Kill the engine host (the residency owner): its budget comes back, a new host serves every model."""
+    """Kill the engine host (the residency owner): its budget comes back, a new host serves every model.
+
+    SIGSEGV, as a crash in a native library would: the host must print its stacks and a front end must say that it
+    replaced a lost host (session 11's hosts died without a line in the log).
+    """
     x = ids()
     want = reference("tiny-bert", input_ids=x)
     http_infer(server, "bert-c", input_ids=x)  # bert-c resident, owned by the engine host
@@ -301,7 +305,7 @@ def test_killed_engine_host_leaks_no_budget_and_server_recovers(server):
     (key,) = [k for k in snap["models"] if k.startswith("bert-c_")]
     pid = snap["models"][key]["pid"]
     assert pid != server.server.pid
-    os.kill(pid, signal.SIGKILL)
+    os.kill(pid, signal.SIGSEGV)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and "Z" not in _state(pid):
         time.sleep(0.1)
@@ -314,6 +318,9 @@ def test_killed_engine_host_leaks_no_budget_and_server_recovers(server):
         out, cold = http_infer(server, name, input_ids=x)
         np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
         assert cold[0, 0] == 1, f"{name} cold-starts in the new host"
+    log = server.srv.log()
+    assert "Fatal Python error: Segmentation fault" in log, "the dying host printed no stacks"
+    assert "(its host was lost)" in log, "no front end said that it replaced the lost host"
     snap = Residency(server.state_dir).snapshot()
     assert sum(e["bytes"] for e in snap["models"].values()) <= BUDGET
     client = tritonclient_http.InferenceServerClient(server.http_url)
