@@ -17,10 +17,16 @@ deadline=$(( $(date +%s) + ${SUITE_BUDGET_S:-580} - 15 ))  # first: the install 
 OUT=${OUT:-results/device}
 L="$OUT/logs"
 mkdir -p "$L"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl > "$L/pip.log" 2>&1
+W=.whl
+if [ -f .whl/bundle.tar.xz ]; then  # scripts/device_wheels.sh packs the wheels into one tarball by default
+    rm -rf /tmp/wheels && W=/tmp/wheels
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
+        .whl/bundle.tar.xz "$W"
+fi
+if ls "$W"/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$W"/*.whl > "$L/pip.log" 2>&1
     # tritonclient's wheel pins a grpcio/protobuf the device lacks; scripts/device_wheels.sh unpacks it instead
-    [ -d .whl/site/tritonclient ] && cp -r .whl/site/tritonclient /tmp/site/
+    [ -d "$W/site/tritonclient" ] && cp -r "$W/site/tritonclient" /tmp/site/
     export PYTHONPATH="/tmp/site:$PWD" PATH="/tmp/site/bin:$PATH"
 fi
 nvidia-smi > "$L/nvidia-smi.txt" 2>&1

@@ -4,7 +4,8 @@
 # compiled dependencies. Written to DIR (default .whl/); carry that folder to the machine and install with
 #   python3 -m pip install --no-index --no-deps --target /tmp/site DIR/*.whl && export PYTHONPATH=/tmp/site:$PWD
 # The pytriton wheel is slimmed to the Python 3.12 stub (other versions' stubs and the bundled libpython3.13,
-# used only by the 3.13 stub, are dropped) so that everything fits a 64 MiB transfer.
+# used only by the 3.13 stub, are dropped) so that everything fits a 64 MiB transfer. BUNDLE=0 keeps the loose
+# wheels instead of DIR/bundle.tar.xz.
 set -euo pipefail
 DIR=${1:-.whl}
 PY=${PY:-3.12}
@@ -48,4 +49,23 @@ for wheel in folder.glob("tritonclient-*.whl"):
                 zin.extract(name, folder / "site")
     wheel.unlink()
 PYEOF
+# One xz tarball instead of the wheels: 51 MB of wheels become 34 MB, and a device call carries the working tree
+# (tracked results and logs included) plus the carried folders within 64 MiB. scripts/device_suite.sh unpacks it.
+# The wheels go in uncompressed (ZIP_STORED, still valid wheels): xz then compresses their contents as one stream.
+if [ "${BUNDLE:-1}" = 1 ]; then
+    python3 - "$DIR" <<'PYEOF'
+import sys, zipfile
+from pathlib import Path
+for wheel in Path(sys.argv[1]).glob("*.whl"):
+    stored = wheel.with_suffix(".stored")
+    with zipfile.ZipFile(wheel) as zin, zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            info.compress_type = zipfile.ZIP_STORED
+            zout.writestr(info, data)
+    stored.replace(wheel)
+PYEOF
+    (cd "$DIR" && tar cf - ./*.whl site | xz -9 -T0 > bundle.tar.xz.part && mv bundle.tar.xz.part bundle.tar.xz \
+        && rm -rf ./*.whl site)
+fi
 du -sh "$DIR"
