@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from deepplan_backend.repository import config_pbtxt, write_model
 from deepplan_backend.runtime.residency import Residency
-from deepplan_backend.runtime.zoo import load_model
+from tests.plain_outputs import plain_output
 from tests.triton_server import running_triton
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -62,16 +61,6 @@ class Served:
         self.server = srv.server
 
 
-_refs: dict[str, torch.nn.Module] = {}
-
-
-def reference(model: str, **inputs: np.ndarray) -> np.ndarray:
-    if model not in _refs:
-        _refs[model] = load_model(model).module
-    with torch.inference_mode():
-        return _refs[model](**{k: torch.from_numpy(v) for k, v in inputs.items()}).float().numpy()
-
-
 def ids(batch=2, seq=12, seed=0, vocab=1000):
     return np.random.default_rng(seed).integers(0, vocab, (batch, seq), dtype=np.int64)
 
@@ -109,7 +98,7 @@ def resident(srv) -> set[str]:
 
 def test_lru_eviction_under_a_tiny_budget(server):
     x = ids()
-    want = reference("tiny-bert", input_ids=x)
+    want = plain_output("tiny-bert", input_ids=x)
     colds = []
     for name in ("bert-a", "bert-b", "bert-a", "bert-c"):
         out, cold = http_infer(server, name, input_ids=x)
@@ -132,7 +121,7 @@ def test_cold_start_output_then_warm(server):
     out2, cold2 = grpc_infer(server, "tiny-gpt2", input_ids=x)
     assert cold1.shape == (1, 2) and cold1[0, 0] == 1 and cold1[0, 1] > 0
     assert cold2[0, 0] == 0 and cold2[0, 1] == 0
-    np.testing.assert_allclose(out1, reference("tiny-gpt2", input_ids=x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out1, plain_output("tiny-gpt2", input_ids=x), rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(out1, out2)
     assert any(server.plans.iterdir()), "the deepplan engine planned at load and cached the plan"
 
@@ -143,13 +132,13 @@ def test_outputs_equal_transformers(server, infer):
     mask = np.ones_like(x)
     mask[:, -3:] = 0
     out, _ = infer(server, "bert-a", input_ids=x, attention_mask=mask)
-    np.testing.assert_allclose(out, reference("tiny-bert", input_ids=x, attention_mask=mask), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out, plain_output("tiny-bert", input_ids=x, attention_mask=mask), rtol=1e-4, atol=1e-5)
     px = np.random.default_rng(3).standard_normal((2, 3, 224, 224), dtype=np.float32)
     out, _ = infer(server, "tiny-resnet", pixel_values=px)
-    np.testing.assert_allclose(out, reference("tiny-resnet", pixel_values=px), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out, plain_output("tiny-resnet", pixel_values=px), rtol=1e-4, atol=1e-4)
     g = ids(batch=2, seq=7, seed=4)
     out, _ = infer(server, "tiny-gpt2", input_ids=g)
-    np.testing.assert_allclose(out, reference("tiny-gpt2", input_ids=g), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out, plain_output("tiny-gpt2", input_ids=g), rtol=1e-4, atol=1e-4)
 
 
 def test_concurrent_requests_are_batched_and_correct(server):
@@ -157,7 +146,7 @@ def test_concurrent_requests_are_batched_and_correct(server):
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         outs = list(pool.map(lambda x: http_infer(server, "bert-c", input_ids=x)[0], xs))
     for x, out in zip(xs, outs, strict=True):
-        np.testing.assert_allclose(out, reference("tiny-bert", input_ids=x), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(out, plain_output("tiny-bert", input_ids=x), rtol=1e-4, atol=1e-5)
 
 
 def metrics(server) -> str:
@@ -210,7 +199,7 @@ def test_reloading_a_model_keeps_it_registered(server):
     """Triton loads the new instance before it unloads the old one (same instance name): both must coexist in
     the residency, and the old one's unload must not take the new one's registration with it."""
     x = ids()
-    want = reference("tiny-bert", input_ids=x)
+    want = plain_output("tiny-bert", input_ids=x)
     client = tritonclient_http.InferenceServerClient(server.http_url)
     config = client.get_model_config("bert-c")
     config["dynamic_batching"] = {"max_queue_delay_microseconds": 2000}  # a changed config: a real reload
@@ -245,7 +234,7 @@ def test_bad_requests_get_clear_errors(server, model, arrays, needle):
         http_infer(server, model, **arrays)
     assert needle.lower() in str(err.value).lower(), str(err.value)
     out, _ = http_infer(server, "bert-a", input_ids=ids())
-    np.testing.assert_allclose(out, reference("tiny-bert", input_ids=ids()), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out, plain_output("tiny-bert", input_ids=ids()), rtol=1e-4, atol=1e-5)
 
 
 def test_models_share_one_engine_host(server):
@@ -270,7 +259,7 @@ def test_models_share_one_engine_host(server):
 def test_killed_front_end_stub_server_recovers(server):
     """Kill a model's Triton stub (its front end): the host unregisters it; Triton restarts the stub."""
     x = ids()
-    want = reference("tiny-bert", input_ids=x)
+    want = plain_output("tiny-bert", input_ids=x)
     http_infer(server, "bert-a", input_ids=x)
     (stub,) = [p for p in _children(server.server.pid) if "bert-a_0_0" in _cmdline(p)]
     os.kill(stub, signal.SIGKILL)
@@ -299,7 +288,7 @@ def test_killed_engine_host_leaks_no_budget_and_server_recovers(server):
     replaced a lost host (session 11's hosts died without a line in the log).
     """
     x = ids()
-    want = reference("tiny-bert", input_ids=x)
+    want = plain_output("tiny-bert", input_ids=x)
     http_infer(server, "bert-c", input_ids=x)  # bert-c resident, owned by the engine host
     snap = Residency(server.state_dir).snapshot()
     (key,) = [k for k in snap["models"] if k.startswith("bert-c_")]

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from deepplan_backend.hosting.host_client import HostedModel, HostError
 from deepplan_backend.runtime.residency import STATE_DIR_ENV
-from deepplan_backend.runtime.zoo import load_model
+from tests.plain_outputs import plain_output
 
 
 @pytest.fixture
@@ -36,15 +35,9 @@ def _params(root: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def _reference(x: np.ndarray) -> np.ndarray:
-    module = load_model("tiny-bert").module
-    with torch.inference_mode():
-        return module(input_ids=torch.from_numpy(x)).float().numpy()
-
-
 def test_models_share_a_host_and_survive_its_death(repo: Path) -> None:
     x = np.random.default_rng(0).integers(0, 1000, (2, 12), dtype=np.int64)
-    want = _reference(x)
+    want = plain_output("tiny-bert", input_ids=x)
     a = HostedModel(_params(repo), repo / "repo" / "a", "a_0_0", 4, None)
     b = HostedModel(_params(repo), repo / "repo" / "b", "b_0_0", 4, None)
     try:

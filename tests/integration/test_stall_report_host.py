@@ -11,12 +11,11 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from deepplan_backend.hosting.stall_report import MAX_DUMPS, STALL_DUMP_ENV
 from deepplan_backend.repository import config_pbtxt, write_model
 from deepplan_backend.runtime.residency import Residency
-from deepplan_backend.runtime.zoo import load_model
+from tests.plain_outputs import plain_output
 from tests.triton_server import running_triton
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -35,8 +34,7 @@ def test_every_slow_device_job_dumps_stacks_and_the_host_survives(tmp_path, monk
     monkeypatch.setenv("DEEPPLAN_ALLOWED_ROOTS", f"{plans}:{state}")
     monkeypatch.setenv(STALL_DUMP_ENV, "0.05")
     x = np.random.default_rng(0).integers(0, 1000, (1, 12), dtype=np.int64)
-    with torch.inference_mode():
-        want = load_model("tiny-bert").module(input_ids=torch.from_numpy(x)).float().numpy()
+    want = plain_output("tiny-bert", input_ids=x)
     with running_triton(repo, ready_timeout_s=120) as srv:
         client = tritonclient_grpc.InferenceServerClient(srv.grpc_url)
         ids = tritonclient_grpc.InferInput("input_ids", list(x.shape), "INT64")

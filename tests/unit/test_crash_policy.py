@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import resource
 import subprocess
 import sys
@@ -61,5 +62,5 @@ def test_core_dumps_are_off_unless_asked_for(tmp_path):
         """
     hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
     assert _run(code, tmp_path).stdout.split() == ["False", "0"]
-    env = {**__import__("os").environ, CORE_DUMPS_ENV: "1"}
+    env = {**os.environ, CORE_DUMPS_ENV: "1"}
     assert _run(code, tmp_path, env).stdout.split() == ["True", str(hard)]
