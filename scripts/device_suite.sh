@@ -4,7 +4,8 @@
 # results/README.md ("Re-running everything on a device") for the order. Logs and CSVs go to OUT/logs
 # (default $OUT, else results/device), tarred at the end. Wheels: scripts/device_wheels.sh, installed first.
 #   scripts/device_suite.sh [STEP ...]     steps: tests triton triton_eager triton_instance engine fig10 scale
-#                                          fig12 limit limit_eager (default: all but limit_eager)
+#                                          fig12 limit limit_eager residency (default: all but limit_eager and
+#                                          residency)
 # SUITE_BUDGET_S (default 580): the whole run's limit; a step gets at most what is left of it, minus 15 s for
 # the tar, so that a device call's own limit never kills the run before its logs are packed.
 # FIG12_INSTANCES / FIG12_RATE / FIG12_DURATION_S (default "20 40 80" / 100 / 20): the paper's 4-GPU point set;
@@ -79,6 +80,9 @@ for step in $steps; do
         limit_eager) run coldstart_limit_eager 560 python3 -m benchmark.coldstart_limit --eager-plans \
             ${LIMIT_ARGS:---all --dtypes float32 float16} -p "$L/plans" -n 8 --warmup 2 \
             -o "$L/coldstart_limit_eager_plans.csv" ;;
+        # CPU only (the device host's cores, not the GPUs): the residency's state-file layout, 4 hosts at once.
+        residency) run residency_layout 90 python3 -m benchmark.residency_layout --hosts 4 \
+            -o "$L/residency_layout.csv" ;;
         *) echo "unknown step $step" >&2; exit 2 ;;
     esac
 done

@@ -1,13 +1,20 @@
 """GPU memory oversubscription across every deepplan model of one server, whichever processes they run in.
 
 Triton runs one stub process per model instance, so the budget of a device cannot live in one process's memory.
-It lives in a small shared *state file* per server (``<state_dir>/state.bin``) guarded by ``fcntl.flock`` on
-``<state_dir>/state.lock``. For each device it records the budget, and for each registered model (``key``):
+It lives in a small shared *state file* per device of the server (``<state_dir>/<device>.state``, e.g.
+``cuda%3A0.state``) guarded by ``fcntl.flock`` on ``<state_dir>/<device>.lock``. It records the device's budget,
+and for each model registered on the device (``key``, unique per server):
 
 - ``pid`` and the process start time of its owner (so a dead or recycled pid is recognised),
 - ``device``, ``bytes`` (resident bytes, or the reservation of a provisioning in flight),
 - ``last_used`` (LRU order), ``in_use`` (a request is running: never a victim), ``evicting`` (an eviction
   was asked for and is not done yet).
+
+One file per device, not one per server: a model's budget, victims and waiters are all on its own device, so
+devices never wait for one another. A process stopped while it holds a device's lock (killed while its core is
+written: 6-7 s measured on the CPU host, session 11) holds up that device only, and each file is written only by
+the processes serving its device, so that with one engine host per GPU a host finds the file as it last wrote it
+(no parse) and judges no other owner's liveness.
 
 Protocol (all reads and writes of the state happen under the lock; no lock is held while waiting):
 
@@ -40,7 +47,8 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+import urllib.parse
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeVar
@@ -105,21 +113,31 @@ def scratch_state_dir(prefix: str) -> tempfile.TemporaryDirectory[str]:
 
 def remove_unused_state_dir(folder: Path) -> bool:
     """Delete a state folder unless a live process still owns a model in it (a stopped server's); whether it is gone."""
-    try:
-        state = _decode((folder / STATE_FILE).read_bytes())
-    except FileNotFoundError:
-        state = {}
-    except OSError:
-        return False  # unreadable: not ours to judge
-    models = state.get("models") if isinstance(state, dict) else None
-    entries = [e for e in (models or {}).values() if isinstance(e, dict) and isinstance(e.get("pid"), int)]
+    entries = []
+    for path in folder.glob(f"*{STATE_SUFFIX}"):
+        try:
+            state = _decode(path.read_bytes())
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False  # unreadable: not ours to judge
+        models = state.get("models") if isinstance(state, dict) else None
+        entries += [e for e in (models or {}).values() if isinstance(e, dict) and isinstance(e.get("pid"), int)]
     if any(_alive(e["pid"], e.get("start")) for e in entries):
         return False
     shutil.rmtree(folder, ignore_errors=True)
     return not folder.exists()
 
 
-STATE_FILE = "state.bin"
+STATE_SUFFIX = ".state"
+"""A device's state file in a state folder: `device_file_stem` + this (its lock: the stem + ``.lock``)."""
+
+
+def device_file_stem(device: str) -> str:
+    """The name of `device`'s state and lock files, without suffix: the device, %-escaped (``cuda%3A0``)."""
+    return urllib.parse.quote(device, safe="")
+
+
 MARSHAL_VERSION = 4
 """The current marshal format: shared strings (socket names, devices) are written once, which halves the file and
 the time to write and read it against version 2. An unchanged state may then encode to other bytes (references
@@ -216,6 +234,7 @@ class _Listener:
         self.pid = os.getpid()
         self.name = _socket_name(state_dir, self.pid)
         self.callbacks: dict[str, Callable[[], None]] = {}
+        self.devices: dict[str, str] = {}  # key -> device, for the models this process registered
         self.wake = threading.Condition()
         self.generation = 0
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -270,27 +289,31 @@ _PerProcess = TypeVar("_PerProcess", "_Listener", "_StateFile")
 _per_process_lock = threading.Lock()
 
 
-def _for_this_process(registry: dict[Path, _PerProcess], state_dir: Path, make: type[_PerProcess]) -> _PerProcess:
-    """The one `make(state_dir)` of this process; a forked child makes its own (no shared sockets or files)."""
+def _for_this_process(
+    registry: dict[Hashable, _PerProcess], name: Hashable, make: Callable[[], _PerProcess]
+) -> _PerProcess:
+    """The one `make()` of this process for `name`; a forked child makes its own (no shared sockets or files)."""
     with _per_process_lock:
-        item = registry.get(state_dir)
+        item = registry.get(name)
         if item is None or item.pid != os.getpid():
-            item = registry[state_dir] = make(state_dir)
+            item = registry[name] = make()
         return item
 
 
 class _StateFile:
-    """One process's access to a state folder, shared by all its `Residency` objects (a host has one per model).
+    """One process's access to one device's state file, shared by all its `Residency` objects.
 
     flock excludes other open files, not other threads, so threads take `thread_lock` first; `cache` is the state
     file's text and its parse as this process last saw them.
     """
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, device: str) -> None:
         self.pid = os.getpid()
         self.start = _start_time(self.pid)
+        stem = device_file_stem(device)
+        self.path = state_dir / f"{stem}{STATE_SUFFIX}"
         self.thread_lock = threading.Lock()
-        self.lock_file: IO[str] = open(state_dir / "state.lock", "a+")  # noqa: SIM115 - open for the process's life
+        self.lock_file: IO[str] = open(state_dir / f"{stem}.lock", "a+")  # noqa: SIM115 - open for the process's life
         self.cache: tuple[bytes, dict] | None = None
         self.alive: dict[tuple[int, str | None], tuple[bool, float]] = {}  # (pid, start) -> (alive, checked at)
 
@@ -313,8 +336,8 @@ class _StateFile:
         return not alive
 
 
-_listeners: dict[Path, _Listener] = {}
-_state_files: dict[Path, _StateFile] = {}
+_listeners: dict[Hashable, _Listener] = {}
+_state_files: dict[Hashable, _StateFile] = {}
 
 
 class Residency:
@@ -328,23 +351,31 @@ class Residency:
     def __init__(self, state_dir: Path | str | None = None) -> None:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._state_path = self.state_dir / STATE_FILE
-        self._listener = _for_this_process(_listeners, self.state_dir, _Listener)
-        self._file = _for_this_process(_state_files, self.state_dir, _StateFile)
-        self._pid, self._start = self._file.pid, self._file.start
+        self._listener = _for_this_process(_listeners, self.state_dir, lambda: _Listener(self.state_dir))
+        self._pid, self._start = os.getpid(), _start_time(os.getpid())
 
     # ---- state file -------------------------------------------------------------------------------------------
 
+    def _file(self, device: str) -> _StateFile:
+        return _for_this_process(_state_files, (self.state_dir, device), lambda: _StateFile(self.state_dir, device))
+
+    def _device(self, key: str) -> str:
+        """The device `key` was registered on by this process; ResidencyError if it was not."""
+        device = self._listener.devices.get(key)
+        if device is None:
+            raise ResidencyError(f"{key} is not registered by this process (pid {self._pid})")
+        return device
+
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict]:
-        # Every request takes this twice and the state grows with the models (200 models: ~45 KB), so a use costs
-        # one read, one serialisation and, if the state changed, one write; the parse is skipped when the file
-        # still holds the text this process last saw (the usual case: one engine host per GPU).
-        shared = self._file
+    def _locked(self, device: str) -> Iterator[dict]:
+        # Every request takes this twice and the state grows with the device's models (200 models: ~45 KB), so a
+        # use costs one read, one serialisation and, if the state changed, one write; the parse is skipped when
+        # the file still holds the text this process last saw (the usual case: one engine host per GPU).
+        shared = self._file(device)
         with shared.thread_lock:
             fcntl.flock(shared.lock_file, fcntl.LOCK_EX)
             try:
-                text, state = self._read()
+                text, state = self._read(shared)
                 # From here the dict may differ from the file until the write below succeeds: a failure anywhere
                 # (the caller, reclaim, a full /dev/shm) must not leave it in the cache as if it were the file.
                 shared.cache = None
@@ -352,19 +383,20 @@ class Residency:
                 yield state
                 new = _encode(state)
                 if new != text:  # usually differs when the state did (see MARSHAL_VERSION)
-                    tmp = self._state_path.with_suffix(f".{self._pid}.tmp")
+                    tmp = shared.path.with_suffix(f".{self._pid}.tmp")
                     tmp.write_bytes(new)
-                    os.replace(tmp, self._state_path)
+                    os.replace(tmp, shared.path)
                 shared.cache = (new, state)
             finally:
                 fcntl.flock(shared.lock_file, fcntl.LOCK_UN)
 
-    def _read(self) -> tuple[bytes, dict]:
+    @staticmethod
+    def _read(shared: _StateFile) -> tuple[bytes, dict]:
         try:
-            text = self._state_path.read_bytes()
+            text = shared.path.read_bytes()
         except OSError:
             text = b""
-        cache = self._file.cache
+        cache = shared.cache
         if cache is not None and cache[0] == text:
             return cache
         state = _decode(text)
@@ -398,8 +430,12 @@ class Residency:
 
     def register(self, key: str, device: str, budget: int | None, evict: Callable[[], None]) -> None:
         """Make `key` (unique per server) known on `device`; `evict` frees its device bytes when asked."""
+        previous = self._listener.devices.get(key)
+        if previous is not None and previous != device:
+            self.unregister(key)
         self._listener.callbacks[key] = evict
-        with self._locked() as state:
+        self._listener.devices[key] = device
+        with self._locked(device) as state:
             if budget is not None:
                 current = state["budgets"].get(device)
                 state["budgets"][device] = budget if current is None else min(current, budget)
@@ -418,24 +454,45 @@ class Residency:
     def unregister(self, key: str) -> None:
         """Forget `key` (its bytes return to the budget); call after evicting it."""
         self._listener.callbacks.pop(key, None)
-        with self._locked() as state:
+        device = self._listener.devices.pop(key, None)
+        if device is None:  # never registered here (or unregistered already)
+            return
+        with self._locked(device) as state:
             state["models"].pop(key, None)
-        self._wake_waiters()
+            waiters = list(state["waiters"])
+        self._wake_waiters(waiters)
 
     def budget(self, device: str) -> int | None:
         """The device's budget, or None if no model declared one."""
-        with self._locked() as state:
+        with self._locked(device) as state:
             return state["budgets"].get(device)
 
-    def snapshot(self) -> dict:
-        """A copy of the (reclaimed) state: budgets, models, waiters."""
-        with self._locked() as state:
+    def devices(self) -> list[str]:
+        """The devices that have a state file in this folder (a model was registered on them), sorted."""
+        stems = (p.name.removesuffix(STATE_SUFFIX) for p in self.state_dir.glob(f"*{STATE_SUFFIX}"))
+        return sorted(urllib.parse.unquote(stem) for stem in stems)
+
+    def device_snapshot(self, device: str) -> dict:
+        """A copy of one device's (reclaimed) state: its budget, models and waiters."""
+        with self._locked(device) as state:
             return _decode(_encode(state))
+
+    def snapshot(self) -> dict:
+        """A copy of the (reclaimed) state of every device, merged: budgets, models, waiters.
+
+        Each device's part is read under its own lock, one after the other: the parts are each consistent, not
+        taken at one instant (no use of the residency needs two devices at once).
+        """
+        merged: dict[str, dict] = {"budgets": {}, "models": {}, "waiters": {}}
+        for device in self.devices():
+            part = self.device_snapshot(device)
+            for name, values in merged.items():
+                values.update(part[name])
+        return merged
 
     def used(self, device: str) -> int:
         """Bytes counted against `device` right now (resident models and reservations)."""
-        snap = self.snapshot()
-        return sum(e["bytes"] for e in snap["models"].values() if e["device"] == device)
+        return sum(e["bytes"] for e in self.device_snapshot(device)["models"].values())
 
     def acquire(self, key: str, need: int, timeout_s: float = WAIT_TIMEOUT_S, wait: bool = True) -> Grant:
         """Mark `key` in use and make room for `need` bytes unless it is resident already.
@@ -445,6 +502,7 @@ class Residency:
         instead of waiting for models in use (a caller that must not block, like an engine host's device thread,
         waits with `wait_for_room` elsewhere and tries again).
         """
+        device = self._device(key)
         deadline = time.monotonic() + timeout_s
         evicted: list[str] = []
         outcomes: dict[str, str] = {}  # victims evicted since the last locked use -> their owners' replies
@@ -454,7 +512,7 @@ class Residency:
             while True:
                 generation = self._listener.generation
                 wake = []
-                with self._locked() as state:
+                with self._locked(device) as state:
                     # The evictions of the last round are recorded in the same locked use that plans this one
                     # (and, usually, reserves): one state-file update per round instead of three.
                     errors = self._record_evictions(state, outcomes)
@@ -487,10 +545,10 @@ class Residency:
                     continue
                 if not wait:
                     raise RoomBusy(f"{key}: no room for {need} bytes now: the budget is held by models in use")
-                self._sleep_until_woken(key, need, generation, deadline, timeout_s)
+                self._sleep_until_woken(key, device, need, generation, deadline, timeout_s)
         finally:
             if outcomes:  # left between evicting and recording (e.g. interrupted): record, never leave marks
-                with self._locked() as state:
+                with self._locked(device) as state:
                     self._record_evictions(state, outcomes)
                     wake = list(state["waiters"])
             self._wake_waiters(wake)
@@ -501,22 +559,25 @@ class Residency:
         Another process may take the room first: the caller then tries again (acquire with ``wait=False``).
         Raises DoesNotFit or BudgetBusy like `acquire`.
         """
+        device = self._device(key)
         deadline = time.monotonic() + timeout_s
         while True:
             generation = self._listener.generation
-            with self._locked() as state:
+            with self._locked(device) as state:
                 _, outcome = self._plan(state, key, self._entry(state, key), need)
                 if outcome != "wait":
                     state["waiters"].pop(self._listener.name, None)
                     return
                 state["waiters"][self._listener.name] = {"pid": self._pid, "start": self._start}
-            self._sleep_until_woken(key, need, generation, deadline, timeout_s)
+            self._sleep_until_woken(key, device, need, generation, deadline, timeout_s)
 
-    def _sleep_until_woken(self, key: str, need: int, generation: int, deadline: float, timeout_s: float) -> None:
+    def _sleep_until_woken(
+        self, key: str, device: str, need: int, generation: int, deadline: float, timeout_s: float
+    ) -> None:
         """Sleep until a release wakes this process's listener; BudgetBusy, no longer a waiter, past the deadline."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            with self._locked() as state:
+            with self._locked(device) as state:
                 state["waiters"].pop(self._listener.name, None)
             raise BudgetBusy(
                 f"{key}: no room for {need} bytes within {timeout_s:.0f} s: the budget is held by models in use"
@@ -528,7 +589,10 @@ class Residency:
 
     def release(self, key: str, resident_bytes: int) -> None:
         """The request of `key` ended; `resident_bytes` stay on the device (0 if the cold start failed)."""
-        with self._locked() as state:
+        device = self._listener.devices.get(key)
+        if device is None:  # unregistered meanwhile: nothing of it is counted any more
+            return
+        with self._locked(device) as state:
             entry = state["models"].get(key)
             if entry is not None:
                 entry.update(
@@ -614,11 +678,8 @@ class Residency:
                 errors.append(f"{key}: {reply}")
         return errors
 
-    def _wake_waiters(self, names: list[str] | None = None) -> None:
-        """Wake every waiter (`names`: the waiters as read under a lock the caller held, saving one more)."""
-        if names is None:
-            with self._locked() as state:
-                names = list(state["waiters"])
+    def _wake_waiters(self, names: list[str]) -> None:
+        """Wake the waiters `names` (a device's, as read under the lock the caller held)."""
         for name in names:
             if name == self._listener.name:
                 self._listener.notify()

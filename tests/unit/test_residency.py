@@ -270,24 +270,88 @@ def test_an_unused_residency_folder_is_removed_and_a_used_one_kept(tmp_path) -> 
     import subprocess
     import sys
 
-    from deepplan_backend.runtime.residency import STATE_FILE, _encode, remove_unused_state_dir
+    from deepplan_backend.runtime.residency import _encode, remove_unused_state_dir
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     for owner, kept in ((int(dead.stdout), False), (os.getpid(), True)):
         folder = tmp_path / f"state-{owner}"
         folder.mkdir()
-        (folder / "state.lock").touch()
-        (folder / STATE_FILE).write_bytes(_encode({"models": {"m#1": {"pid": owner}}}))
+        (folder / "cuda%3A0.lock").touch()
+        (folder / "cuda%3A0.state").write_bytes(_encode({"models": {"m#1": {"pid": int(dead.stdout)}}}))
+        (folder / "cuda%3A1.state").write_bytes(_encode({"models": {"m#2": {"pid": owner}}}))  # any device counts
         assert remove_unused_state_dir(folder) is not kept
         assert folder.exists() is kept
     assert remove_unused_state_dir(tmp_path / "never-made")  # nothing there: nothing to keep
 
 
 def test_a_damaged_state_file_reads_as_empty_and_is_rewritten(tmp_path) -> None:
-    from deepplan_backend.runtime.residency import STATE_FILE, _decode
+    from deepplan_backend.runtime.residency import _decode
 
     assert _decode(b"") == {} and _decode(b"\x00garbage") == {} and _decode(b"i\x01\x00\x00\x00") == {}
     r = Residency(tmp_path)
-    (tmp_path / STATE_FILE).write_bytes(b"not a state")
+    (tmp_path / "cpu.state").write_bytes(b"not a state")
     r.register("a", "cpu", 100, lambda: None)  # the next locked use starts from an empty state
     assert set(r.snapshot()["models"]) == {"a"} and r.budget("cpu") == 100
+
+
+def test_a_device_whose_lock_is_held_holds_up_no_other_device(tmp_path) -> None:
+    """A process stopped while it holds one device's lock (killed while its core is written, or under a debugger)
+    must not stop the other devices' cold starts: session 11 saw one host death freeze all four GPUs for 12 s."""
+    import subprocess
+    import sys
+    import threading
+
+    from deepplan_backend.runtime.residency import device_file_stem
+
+    r = Residency(tmp_path)
+    r.register("a", "cuda:0", 100, lambda: None)
+    r.register("b", "cuda:1", 100, lambda: None)
+    lock = tmp_path / f"{device_file_stem('cuda:0')}.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(3)", str(lock)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        blocked = threading.Thread(target=lambda: (r.acquire("a", 60), r.release("a", 60)), daemon=True)
+        blocked.start()
+        started = time.monotonic()
+        for _ in range(3):  # cold, then warm, on the other device
+            r.acquire("b", 60)
+            r.release("b", 60)
+        assert time.monotonic() - started < 1.0
+        assert blocked.is_alive()  # cuda:0 itself waits for its lock, as it must
+    finally:
+        holder.kill()
+        holder.wait()
+    blocked.join(5)
+    assert not blocked.is_alive()  # the lock came back with the holder's death: cuda:0 went on
+    assert r.snapshot()["models"]["a"]["resident"]
+
+
+def test_each_device_has_its_own_budget_file_and_a_snapshot_merges_them(tmp_path) -> None:
+    from deepplan_backend.runtime.residency import STATE_SUFFIX
+
+    r = Residency(tmp_path)
+    r.register("a", "cuda:0", 100, lambda: None)
+    r.register("b", "cuda:1", 50, lambda: None)
+    r.acquire("a", 80)
+    r.release("a", 80)
+    r.acquire("b", 50)  # room on cuda:1 alone: a, on cuda:0, is not a victim
+    r.release("b", 50)
+    assert sorted(p.name for p in tmp_path.glob(f"*{STATE_SUFFIX}")) == ["cuda%3A0.state", "cuda%3A1.state"]
+    assert r.devices() == ["cuda:0", "cuda:1"]
+    snap = r.snapshot()
+    assert snap["budgets"] == {"cuda:0": 100, "cuda:1": 50}
+    assert {k: (e["device"], e["resident"]) for k, e in snap["models"].items()} == {
+        "a": ("cuda:0", True),
+        "b": ("cuda:1", True),
+    }
+    assert (r.used("cuda:0"), r.used("cuda:1")) == (80, 50)
+    r.register("b", "cuda:0", 100, lambda: None)  # registered again elsewhere: it leaves cuda:1
+    assert r.used("cuda:1") == 0 and set(r.device_snapshot("cuda:1")["models"]) == set()
+    r.unregister("b")
+    r.unregister("b")  # twice: nothing left to forget
+    r.release("b", 10)  # a late release of an unregistered model counts nothing
+    assert set(r.snapshot()["models"]) == {"a"}
