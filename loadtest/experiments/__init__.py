@@ -1,7 +1,8 @@
 """Experiment drivers: start the real server with N deepplan instances, run Locust headless, collect, plot.
 
 - :mod:`loadtest.experiments.sweep`: the paper's Fig. 12/13 flow (instance-count sweep, synthetic workload);
-- :mod:`loadtest.experiments.trace_replay`: the Fig. 14 flow (Azure Functions trace, a mix of models).
+- :mod:`loadtest.experiments.trace_replay`: the Fig. 14 flow (Azure Functions trace, a mix of models);
+- :mod:`loadtest.experiments.host_death`: one engine host killed under load, and how the server recovers.
 
 This module holds what both share: engine variants, the model repository of one point, one server start
 through :class:`deepplan_backend.serve.TritonServer` that waits until *every* model is ready, one Locust run
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -307,11 +309,14 @@ def run_point(
     ready_timeout_s: float,
     locust_timeout_s: float,
     protocol: str = "grpc",
+    during: Callable[[serve.TritonServer], None] | None = None,
 ) -> PointResult:
     """Start the server on ``repo``, wait for all ``names``, run Locust with ``locust_args``, stop the server.
 
     ``locust_args`` start with ``-f <locustfile>``; ``--headless``, ``--triton-url`` and ``--results-dir`` are
     added here. The server log goes to ``<results_dir>/server.log``, Locust's output to ``locust.log``.
+    `during(server)` runs on its own thread from Locust's start (e.g. a fault injected under load); the point ends when
+    both are done.
     """
     results_dir.mkdir(parents=True, exist_ok=True)
     res = PointResult(None, results_dir)
@@ -334,9 +339,19 @@ def run_point(
         ]
         say(f"  locust {' '.join(locust_args)}")
         with (results_dir / "locust.log").open("w") as out:
-            proc = subprocess.run(
-                cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=locust_timeout_s, check=False
-            )
+            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+            side = threading.Thread(target=during, args=(server,), name="during-load", daemon=True) if during else None
+            if side is not None:
+                side.start()
+            try:
+                proc.wait(timeout=locust_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise
+            finally:
+                if side is not None:
+                    side.join(timeout=locust_timeout_s)
         summary_path = results_dir / "summary.json"
         if not summary_path.is_file():
             tail = (results_dir / "locust.log").read_text()[-1500:]

@@ -1,9 +1,9 @@
 """The experiment drivers end to end on the CPU: real tritonserver per point, real Locust headless, CSV/JSON/PNG.
 
-The sweep runs tiny-resnet: the Locust target sends token ids in [1000, 2000), outside the 1000-token
-vocabulary of the tiny text models, so tiny-bert requests are refused by the backend (see the README).
-The trace replay's full run (one server per engine) does not fit the time budget on a 2-core machine: its
-argument checks and its CSV / timeline / plot writer on a hand-made per-request log are tested instead.
+The sweep runs tiny-resnet (its 45 KiB copies make a budget that forces evictions easy to state); the
+host-death run, tiny-bert. The trace replay's full run (one server per engine) does not fit the time budget on
+a 2-core machine: its argument checks and its CSV / timeline / plot writer on a hand-made per-request log are
+tested instead.
 """
 
 from __future__ import annotations
@@ -151,3 +151,25 @@ def test_trace_replay_writer_on_a_hand_made_log(tmp_path):
     assert [float(r["trace_minute"]) for r in tl[:4]] == [0.0, 1.0, 2.0, 3.0]  # x60: 1 s = 1 trace minute
     assert all(float(r["cold_start_pct"]) == pytest.approx(50.0) for r in tl if r["engine"] == "pipeline")
     assert (tmp_path / "fig14.png").stat().st_size > 10_000
+
+
+@pytest.mark.timeout(300)
+def test_host_death_under_load_is_survived_and_measured(tmp_path):
+    """An engine host killed by SIGSEGV under load: its models answer again, the outage is measured, and the log
+    holds the dead host's stacks and its replacement's start."""
+    out = tmp_path / "host_death"
+    proc = run(
+        "loadtest.experiments.host_death",
+        *("--model", "tiny-bert", "--instances", "3", "--engines", "deepplan", "--rate", "20"),
+        *("--duration-s", "8", "--kill-at-s", "4", "--drain-s", "5", "--out", str(out)),
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    (row,) = read_csv(out / "host_death.csv")
+    assert row["killed"] == "True" and row["models_recovered"] == row["models_asked_after_kill"] == "3", row
+    assert 0 < float(row["outage_s"]) < 60 and 0 < float(row["max_gap_s"]) < 60, row
+    assert int(row["requests_after_kill"]) > 10, row
+    doc = json.loads((out / "host_death.json").read_text())
+    assert doc["fatal_stack_logged"] and doc["host_lost_logged"] and doc["killed_pid"], doc
+    assert 0 < doc["kill_s"] < 8
+    assert (out / "host_death.png").is_file() and (out / "run" / "requests.csv").is_file()

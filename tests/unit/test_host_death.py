@@ -1,0 +1,57 @@
+"""The host-death experiment's analysis and options (its end-to-end run: tests/integration/test_experiments.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtest.experiments import Devices
+from loadtest.experiments.host_death import gpu_names, gpu_rows, parse_args
+from loadtest.results import RequestRecord
+
+
+def rec(model: str, send_s: float, latency_ms: float, ok: bool = True, error: str = "") -> RequestRecord:
+    return RequestRecord(send_s, send_s, model, latency_ms, ok, error)
+
+
+def test_outage_gap_and_failures_per_gpu() -> None:
+    killed = [rec("m0", t, 10.0) for t in (1.0, 2.0, 3.0, 4.0)]
+    killed += [rec("m0", 4.99, 210.0, ok=False, error="engine host lost")]  # in flight at the kill
+    killed += [rec("m0", 5.5, 2500.0), rec("m0", 6.0, 2000.0), rec("m0", 8.5, 10.0)]  # waited for the new host
+    other = [rec("m1", 0.5 * k, 10.0) for k in range(20)]
+    rows = gpu_rows(killed + other, {"m0": "0", "m1": "1"}, kill_s=5.0, killed="0")
+    dead, alive = rows
+    assert (dead["gpu"], dead["killed"], alive["killed"]) == ("0", True, False)
+    assert dead["outage_s"] == pytest.approx(3.0)  # the first answer to a request sent after the kill, at 8.0 s
+    assert dead["max_gap_s"] == pytest.approx(8.0 - 4.01)  # from the last answer before the kill
+    assert (dead["requests_after_kill"], dead["failed_after_kill"], dead["first_error"]) == (3, 1, "engine host lost")
+    assert (dead["models_asked_after_kill"], dead["models_recovered"]) == (1, 1)
+    assert dead["p99_before_ms"] == pytest.approx(10.0) and dead["max_after_ms"] == 2500.0
+    assert alive["outage_s"] == pytest.approx(0.01) and alive["max_gap_s"] == pytest.approx(0.5)
+    assert alive["failed_after_kill"] == 0 and alive["models_recovered"] == 1
+
+
+def test_a_gpu_that_never_answers_again_has_no_outage_end() -> None:
+    rows = gpu_rows([rec("m0", 1.0, 5.0), rec("m0", 6.0, 30.0, ok=False, error="x")], {"m0": "0"}, 5.0, "0")
+    assert rows[0]["outage_s"] is None and rows[0]["models_recovered"] == 0 and rows[0]["models_asked_after_kill"] == 1
+
+
+def test_models_are_placed_as_the_repository_places_them() -> None:
+    names = [f"m-{i}" for i in range(5)]
+    assert gpu_names(names, Devices((1, 3), "H100", all_gpus=False)) == {
+        "m-0": "1", "m-1": "3", "m-2": "1", "m-3": "3", "m-4": "1",
+    }  # fmt: skip
+    assert set(gpu_names(names, Devices((), "cpu", all_gpus=False)).values()) == {"0"}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--kill-at-s", "30"],  # after the schedule
+        ["--kill-at-s", "0"],
+        ["--param", "process=instance"],  # no engine host to kill
+        ["--signal", "HUP"],
+    ],
+)
+def test_bad_options_are_refused(bad: list[str], tmp_path) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "tiny-bert", "--duration-s", "20", "--out", str(tmp_path), *bad])
