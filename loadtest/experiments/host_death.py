@@ -10,7 +10,8 @@ Its front ends then start a new host, which registers their models again; the ot
 
 Per GPU (``host_death.csv`` / ``.json``, one row each; time 0 = the schedule's start):
 
-- ``outage_s``: from the kill to the first successful answer to a request sent after it;
+- ``outage_s``: from the kill to the first successful answer to a request sent after it; ``last_model_back_s``: to
+  the last model's first such answer (a new host registers the models again one after the other);
 - ``max_gap_s``: the longest time without a successful answer, from the last one before the kill on (a freeze of
   a GPU whose host did not die shows here);
 - ``failed_after_kill``: requests that failed from the kill on (in flight at the kill, or sent to the lost host);
@@ -27,6 +28,7 @@ options.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -72,6 +74,7 @@ COLUMNS = (
     "requests_after_kill",
     "failed_after_kill",
     "outage_s",
+    "last_model_back_s",
     "max_gap_s",
     "p99_before_ms",
     "p99_after_ms",
@@ -188,6 +191,9 @@ def gpu_rows(
         gaps = [b - a for a, b in zip(marks, marks[1:], strict=False)] + [end - marks[-1]]
         failed = [r for r in after if not r.ok]
         models_asked = {r.model for r in sent_after}
+        back: dict[str, float] = {}  # model -> its first answer to a request sent after the kill
+        for r in answered_after:
+            back[r.model] = min(back.get(r.model, _done_s(r)), _done_s(r))
         rows.append(
             {
                 "gpu": gpu,
@@ -197,6 +203,7 @@ def gpu_rows(
                 "requests_after_kill": len(sent_after),
                 "failed_after_kill": len(failed),
                 "outage_s": None if first_ok is None else first_ok - kill_s,
+                "last_model_back_s": max(back.values()) - kill_s if back else None,
                 "max_gap_s": max(gaps),
                 "p99_before_ms": percentile([r.latency_ms for r in mine if r.ok and r.send_s < kill_s], 99),
                 "p99_after_ms": percentile([r.latency_ms for r in answered_after], 99),
@@ -328,7 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         outage = "never" if r["outage_s"] is None else f"{r['outage_s']:.2f} s"
         which = f"GPU {r['gpu']}{' (killed)' if r['killed'] else ''}"
         say(
-            f"  {which}: outage {outage}, longest gap {r['max_gap_s']:.2f} s, "
+            f"  {which}: outage {outage} (last model back {r['last_model_back_s'] or math.nan:.2f} s), "
+            f"longest gap {r['max_gap_s']:.2f} s, "
             f"{r['failed_after_kill']} of {r['requests_after_kill']} failed after the kill, "
             f"{r['models_recovered']}/{r['models_asked_after_kill']} models answered again"
         )

@@ -17,22 +17,25 @@ def test_outage_gap_and_failures_per_gpu() -> None:
     killed = [rec("m0", t, 10.0) for t in (1.0, 2.0, 3.0, 4.0)]
     killed += [rec("m0", 4.99, 210.0, ok=False, error="engine host lost")]  # in flight at the kill
     killed += [rec("m0", 5.5, 2500.0), rec("m0", 6.0, 2000.0), rec("m0", 8.5, 10.0)]  # waited for the new host
+    killed += [rec("m2", 5.2, 4000.0), rec("m2", 9.0, 10.0)]  # GPU 0's second model: first answer at 9.01 s
     other = [rec("m1", 0.5 * k, 10.0) for k in range(20)]
-    rows = gpu_rows(killed + other, {"m0": "0", "m1": "1"}, kill_s=5.0, killed="0")
+    rows = gpu_rows(killed + other, {"m0": "0", "m2": "0", "m1": "1"}, kill_s=5.0, killed="0")
     dead, alive = rows
     assert (dead["gpu"], dead["killed"], alive["killed"]) == ("0", True, False)
     assert dead["outage_s"] == pytest.approx(3.0)  # the first answer to a request sent after the kill, at 8.0 s
+    assert dead["last_model_back_s"] == pytest.approx(4.01) and alive["last_model_back_s"] == pytest.approx(0.01)
     assert dead["max_gap_s"] == pytest.approx(8.0 - 4.01)  # from the last answer before the kill
-    assert (dead["requests_after_kill"], dead["failed_after_kill"], dead["first_error"]) == (3, 1, "engine host lost")
-    assert (dead["models_asked_after_kill"], dead["models_recovered"]) == (1, 1)
-    assert dead["p99_before_ms"] == pytest.approx(10.0) and dead["max_after_ms"] == 2500.0
+    assert (dead["requests_after_kill"], dead["failed_after_kill"], dead["first_error"]) == (5, 1, "engine host lost")
+    assert (dead["models_asked_after_kill"], dead["models_recovered"]) == (2, 2)
+    assert dead["p99_before_ms"] == pytest.approx(10.0) and dead["max_after_ms"] == 4000.0
     assert alive["outage_s"] == pytest.approx(0.01) and alive["max_gap_s"] == pytest.approx(0.5)
     assert alive["failed_after_kill"] == 0 and alive["models_recovered"] == 1
 
 
 def test_a_gpu_that_never_answers_again_has_no_outage_end() -> None:
     rows = gpu_rows([rec("m0", 1.0, 5.0), rec("m0", 6.0, 30.0, ok=False, error="x")], {"m0": "0"}, 5.0, "0")
-    assert rows[0]["outage_s"] is None and rows[0]["models_recovered"] == 0 and rows[0]["models_asked_after_kill"] == 1
+    assert rows[0]["outage_s"] is None and rows[0]["last_model_back_s"] is None
+    assert rows[0]["models_recovered"] == 0 and rows[0]["models_asked_after_kill"] == 1
 
 
 def test_models_are_placed_as_the_repository_places_them() -> None:
