@@ -522,6 +522,25 @@ def check_common(p: Any, args: Any, models: Sequence[str]) -> None:
             p.error(f"--param {pair!r}: expected KEY=VALUE")
 
 
+def synthetic_point(
+    args: Any, engine: str, count: int, dev: Devices, plans: Path, work: Path, residency: Path
+) -> tuple[Path, list[str], list[str]]:
+    """One point of ``args.model`` x `count` under the synthetic workload: (repository, model names, Locust args).
+
+    The repository goes to ``<work>/repo``; `residency` (created) is the point's own residency folder.
+    """
+    residency.mkdir(parents=True)
+    allow_paths(plans, residency)
+    instances = instance_names([args.model], count)
+    repo = work / "repo"
+    build_repository(repo, instances, engine, dev, model_params(args, plans, residency))
+    locust_args = [
+        *("-f", "loadtest/synthetic.py", "--model-prefix", f"{args.model}-", "--instances", str(count)),
+        *("--duration-s", str(args.duration_s), *locust_common(args)),
+    ]
+    return repo, [i.name for i in instances], locust_args
+
+
 def locust_common(args: Any) -> list[str]:
     """Locust options both experiments pass."""
     return [

@@ -47,17 +47,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from loadtest.experiments import (  # noqa: E402
     Devices,
     add_common_arguments,
-    allow_paths,
-    build_repository,
     check_common,
-    instance_names,
-    locust_common,
-    model_params,
     now_iso,
     point_env,
     resolve_devices,
     run_point,
     say,
+    synthetic_point,
     write_rows,
 )
 from loadtest.results import RequestRecord, percentile, read_log  # noqa: E402
@@ -274,26 +270,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     plans, tmp, mem = point_env(out)
     fault = Fault(args.kill_gpu, args.kill_at_s, SIGNALS[args.signal])
     with tmp, mem:
-        residency = Path(mem.name) / "run"
-        residency.mkdir(parents=True)
-        allow_paths(plans, residency)
-        instances = instance_names([args.model], args.instances)
-        repo = Path(tmp.name) / "repo"
-        build_repository(repo, instances, engine, dev, model_params(args, plans, residency))
-        locust_args = [
-            "-f",
-            "loadtest/synthetic.py",
-            "--model-prefix",
-            f"{args.model}-",
-            "--instances",
-            str(args.instances),
-            "--duration-s",
-            str(args.duration_s),
-            *locust_common(args),
-        ]
+        repo, names, locust_args = synthetic_point(
+            args, engine, args.instances, dev, plans, Path(tmp.name), Path(mem.name) / "run"
+        )
         res = run_point(
             repo,
-            [i.name for i in instances],
+            names,
             locust_args,
             out / "run",
             ready_timeout_s=args.ready_timeout,
@@ -324,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fatal_stack_logged="Fatal Python error" in log,
     )
     records = read_log(out / "run" / "requests.csv")
-    gpu_of = gpu_names([i.name for i in instances], dev)
+    gpu_of = gpu_names(names, dev)
     rows = gpu_rows(records, gpu_of, kill_s, str(args.kill_gpu))
     csv_path, json_path = write_rows(rows, out / f"{NAME}.csv", doc, COLUMNS)
     title = f"{args.instances} x {args.model} ({engine}), {args.rate:g} req/s, {where}: GPU {args.kill_gpu}'s host dies"

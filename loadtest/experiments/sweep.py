@@ -34,18 +34,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from loadtest.experiments import (  # noqa: E402
     Devices,
     add_common_arguments,
-    allow_paths,
-    build_repository,
     check_common,
-    instance_names,
-    locust_common,
-    model_params,
     now_iso,
     point_env,
     resolve_devices,
     row_of,
     run_point,
     say,
+    synthetic_point,
     write_rows,
 )
 
@@ -130,26 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for n in args.instances:
                 tag = f"{engine}-n{n}"
                 say(f"== {tag}: {n} x {args.model}, engine {engine}, {args.rate:g} req/s for {args.duration_s:g} s")
-                work = Path(tmp.name) / tag
-                residency = Path(mem.name) / tag
-                residency.mkdir(parents=True)
-                allow_paths(plans, residency)
-                instances = instance_names([args.model], n)
-                build_repository(work / "repo", instances, engine, dev, model_params(args, plans, residency))
-                locust_args = [
-                    "-f",
-                    "loadtest/synthetic.py",
-                    "--model-prefix",
-                    f"{args.model}-",
-                    "--instances",
-                    str(n),
-                    "--duration-s",
-                    str(args.duration_s),
-                    *locust_common(args),
-                ]
+                repo, names, locust_args = synthetic_point(
+                    args, engine, n, dev, plans, Path(tmp.name) / tag, Path(mem.name) / tag
+                )
                 res = run_point(
-                    work / "repo",
-                    [i.name for i in instances],
+                    repo,
+                    names,
                     locust_args,
                     out / tag,
                     ready_timeout_s=args.ready_timeout,
