@@ -366,6 +366,17 @@ class TritonServer:
                 self._errors.append(line)
             self._sink(line)
 
+    def wait_output_closed(self, timeout_s: float) -> bool:
+        """Wait until nothing can print to the server's log any more; whether that happened within `timeout_s`.
+
+        Engine hosts inherit the server's output and may outlive it by their linger time (their last lines, e.g.
+        ``... exiting``, come after the server's exit): a caller that closes its log sink waits for them first.
+        """
+        if self._reader is None:
+            return True
+        self._reader.join(timeout=timeout_s)
+        return not self._reader.is_alive()
+
     def is_ready(self) -> bool:
         """One ``GET /v2/health/ready``; ``False`` on any connection error."""
         try:

@@ -173,3 +173,5 @@ def test_host_death_under_load_is_survived_and_measured(tmp_path):
     assert doc["fatal_stack_logged"] and doc["host_lost_logged"] and doc["killed_pid"], doc
     assert 0 < doc["kill_s"] < 8
     assert (out / "host_death.png").is_file() and (out / "run" / "requests.csv").is_file()
+    assert "I/O operation on closed file" not in log  # the log stays open for the lingering replacement host
+    assert "no model left" in (out / "run" / "server.log").read_text()  # ... whose last line is kept
