@@ -153,11 +153,16 @@ def instance_names(models: Sequence[str], count: int) -> list[Instance]:
     return [Instance(f"{models[i % len(models)]}-{i}", models[i % len(models)]) for i in range(count)]
 
 
+def target_gpu(i: int, dev: Devices) -> int:
+    """The GPU instance i is served on: round-robin over ``dev.gpu_ids`` (which must not be empty)."""
+    return dev.gpu_ids[i % len(dev.gpu_ids)]
+
+
 def device_param(variant: str, i: int, dev: Devices) -> str:
     """The backend's ``devices`` parameter of instance i: its target GPU, or target + peers for PT."""
     if not dev.gpu_ids:
         return "auto"  # CPU: the backend serves on the CPU
-    target = dev.gpu_ids[i % len(dev.gpu_ids)]
+    target = target_gpu(i, dev)
     if not ENGINES[variant][1]:
         return str(target)
     if dev.all_gpus:
@@ -185,7 +190,7 @@ def build_repository(
         if engine == "pipeline":
             p.setdefault("graphs", "false")
         if dev.gpu_ids:
-            p.setdefault("target_gpu", str(dev.gpu_ids[i % len(dev.gpu_ids)]))
+            p.setdefault("target_gpu", str(target_gpu(i, dev)))
         if family_of(inst.model) == "resnet":
             p.pop("seq_len", None)  # image models have no sequence
         text = config_pbtxt(

@@ -54,6 +54,7 @@ from loadtest.experiments import (  # noqa: E402
     run_point,
     say,
     synthetic_point,
+    target_gpu,
     write_rows,
 )
 from loadtest.results import RequestRecord, percentile, read_log  # noqa: E402
@@ -179,7 +180,6 @@ def gpu_rows(
         after = [r for r in mine if _done_s(r) >= kill_s]
         sent_after = [r for r in mine if r.send_s >= kill_s]
         answered_after = [r for r in sent_after if r.ok]
-        first_ok = min((_done_s(r) for r in answered_after), default=None)
         ok_done = [_done_s(r) for r in mine if r.ok]
         before = [t for t in ok_done if t < kill_s]
         marks = [before[-1] if before else kill_s] + [t for t in ok_done if t >= kill_s]
@@ -198,14 +198,14 @@ def gpu_rows(
                 "requests": len(mine),
                 "requests_after_kill": len(sent_after),
                 "failed_after_kill": len(failed),
-                "outage_s": None if first_ok is None else first_ok - kill_s,
+                "outage_s": min(back.values()) - kill_s if back else None,
                 "last_model_back_s": max(back.values()) - kill_s if back else None,
                 "max_gap_s": max(gaps),
                 "p99_before_ms": percentile([r.latency_ms for r in mine if r.ok and r.send_s < kill_s], 99),
                 "p99_after_ms": percentile([r.latency_ms for r in answered_after], 99),
                 "max_after_ms": max((r.latency_ms for r in answered_after), default=None),
                 "models_asked_after_kill": len(models_asked),
-                "models_recovered": len({r.model for r in answered_after}),
+                "models_recovered": len(back),
                 "first_error": failed[0].error[:200] if failed else "",
             }
         )
@@ -242,10 +242,10 @@ def plot_host_death(
 
 
 def gpu_names(names: Sequence[str], dev: Devices) -> dict[str, str]:
-    """Model name -> the GPU its engine host serves it on (round-robin as `build_repository` places them)."""
+    """Model name -> the GPU its engine host serves it on (`target_gpu`, as `build_repository` places them)."""
     if not dev.gpu_ids:
         return dict.fromkeys(names, "0")  # CPU: one host, "GPU 0"
-    return {name: str(dev.gpu_ids[i % len(dev.gpu_ids)]) for i, name in enumerate(names)}
+    return {name: str(target_gpu(i, dev)) for i, name in enumerate(names)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
