@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from deepplan_backend.runtime.answer import TRACE_ENV
+from deepplan_backend.runtime.answer import TRACE_ENV, setup_summary
 from deepplan_backend.runtime.crash_policy import prepare_to_die
 from deepplan_backend.runtime.gc_pauses import freeze_long_lived
 
@@ -196,7 +196,7 @@ class TritonPythonModel:
         print(
             f"deepplan: {args['model_instance_name']} ready: {info['model']} {info['dtype']} engine={info['engine']} "
             f"devices={info['devices']} in {where} ({plan if info['has_plan'] else 'no plan needed'}), "
-            f"{info['need_bytes']} bytes per cold start, device empty",
+            f"{info['need_bytes']} bytes per cold start, device empty; {setup_summary(info.get('setup_ms') or {})}",
             flush=True,
         )
 

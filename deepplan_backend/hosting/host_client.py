@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from deepplan_backend.runtime.answer import Answer, ModelStatus
+from deepplan_backend.runtime.answer import Answer, ModelStatus, setup_summary
 from deepplan_backend.runtime.residency import STATE_DIR_ENV, default_state_dir
 
 from .wire import DTYPES, WireError, recv_message, send_message
@@ -143,6 +143,12 @@ class HostedModel:
             sock.close()
             raise HostError(str(reply.get("error", "registration refused")))
         self.info = dict(reply.get("info") or {})
+        if self._lost_host:  # the load's line said how the first set-up went; this is the recovery's
+            print(
+                f"deepplan: {self._register_header['key']}: registered again with engine host pid "
+                f"{self.info.get('pid')}, {setup_summary(self.info.get('setup_ms') or {})}",
+                flush=True,
+            )
         # A new host counts this model's evictions from 0 again: keep the metric monotonic.
         self._evictions_before += self._host_evictions
         self._host_evictions = 0

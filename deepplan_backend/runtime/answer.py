@@ -1,4 +1,4 @@
-"""One request's result as the Triton adapter needs it, whichever process computed it.
+"""What a front end learns from the engine side: a request's result, a model's counters and set-up time.
 
 Torch-free on purpose: the per-model Triton front ends import this (and NumPy) only, so a front end costs no
 CUDA context and no PyTorch import (see `deepplan_backend.hosting`).
@@ -55,3 +55,10 @@ class ModelStatus:
 
     evictions: int = 0
     resident_bytes: int = 0
+
+
+def setup_summary(setup_ms: Mapping[str, object]) -> str:
+    """'set up in 812 ms (weights 20, plan 3, engine 40, warm_up 749)' from a model's ``setup_ms`` laps."""
+    laps = {str(k): float(v) for k, v in setup_ms.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    parts = ", ".join(f"{k} {v:.0f}" for k, v in laps.items())
+    return f"set up in {sum(laps.values()):.0f} ms ({parts})"

@@ -310,6 +310,13 @@ DeviceRunner = Callable[[Callable[[], Any]], Any]
 """Runs the device part of a request somewhere (an engine host: on its single device thread)."""
 
 
+def _lap(laps: dict[str, float], name: str, since: float) -> float:
+    """Record the ms since `since` as `laps[name]`; now, for the next lap."""
+    now = time.perf_counter()
+    laps[name] = (now - since) * 1e3
+    return now
+
+
 def _run_here(fn: Callable[[], T]) -> T:
     return fn()
 
@@ -344,8 +351,13 @@ class ServedModel:
         self.key = key
         self.max_batch_size = max_batch_size
         self._exec_lock = exec_lock or threading.Lock()
+        # Where the set-up's time goes (ms), for the load's log line: after a host death, every model of the new
+        # host sets up again inside a request's wait, so this is the recovery's breakdown too.
+        self.setup_ms: dict[str, float] = {}
+        mark = time.perf_counter()
         self.devices = choose_devices(settings, instance_device)
         self.prepared = prepare_shared(settings.model, settings.dtype, settings.seed)
+        mark = _lap(self.setup_ms, "weights", mark)
         self.model = self.prepared.model
         if settings.seq_len is not None and settings.seq_len > self.model.max_seq_len:
             raise ConfigError(
@@ -358,6 +370,7 @@ class ServedModel:
             # would skew its timings and could meet an out-of-memory): under the device lock.
             with self._exec_lock:
                 self.plan, self.planned_now = plan_or_make(self.prepared, settings, self.devices)
+        mark = _lap(self.setup_ms, "plan", mark)
         nbytes = self.prepared.table.nbytes
         self.schedule, self.overlap = schedule_for(settings.engine, len(self.devices), nbytes, self.plan)
         self.need_bytes = self.schedule.loaded_bytes(nbytes)
@@ -369,6 +382,7 @@ class ServedModel:
                 print(f"deepplan: {key}: set-up deferred to the first request ({exc})", flush=True)
             if self.schedule.num_devices > 1:
                 self.engine.copier.open_peer_links()
+        mark = _lap(self.setup_ms, "engine", mark)
         self.device_name = str(self.devices[0])
         self.evictions = 0
         self._lock = threading.Lock()
@@ -378,6 +392,7 @@ class ServedModel:
         budget = settings.budget if settings.budget is not None else default_budget(self.devices[0], settings.reserve)
         self.residency.register(key, self.device_name, budget, self._evict)
         self._warm_up()
+        _lap(self.setup_ms, "warm_up", mark)
 
     def _warm_up(self) -> None:
         """At load: a cold and a warm request of example inputs, then evict; per model with graphs, else per kind.
@@ -640,6 +655,7 @@ class ServedModel:
             "planned_now": self.planned_now,
             "has_plan": self.plan is not None,
             "need_bytes": self.need_bytes,
+            "setup_ms": dict(self.setup_ms),
         }
 
     # ---- residency ----------------------------------------------------------------------------------------------

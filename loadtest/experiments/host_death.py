@@ -21,8 +21,8 @@ Per GPU (``host_death.csv`` / ``.json``, one row each; time 0 = the schedule's s
 Also written: ``host_death.png`` (every request's latency against its completion time, per GPU, the kill marked)
 and, under ``run/``, the point's requests.csv, summary.json, Locust and server logs. The JSON says whether the
 server log shows the lost host's stacks (``Fatal Python error``) and the front ends' ``started engine host ...
-(its host was lost)`` line. Exit code 0 when the point ran and the killed GPU recovered, 1 otherwise, 2 on bad
-options.
+(its host was lost)`` line, and (``recovery``) how long each model's set-up in the new host took, per phase.
+Exit code 0 when the point ran and the killed GPU recovered, 1 otherwise, 2 on bad options.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -241,6 +242,34 @@ def plot_host_death(
 # ---- the run -----------------------------------------------------------------------------------------------------
 
 
+_SETUP_AGAIN = re.compile(r"registered again with engine host pid \d+, set up in ([\d.]+) ms \(([^)]*)\)")
+
+
+def recovery_setups(log: str) -> dict[str, Any]:
+    """The re-registrations in a server log: how many, and their set-up time (ms) in total and per phase.
+
+    Each front end of the lost host logs one ``registered again ... set up in X ms (phase Y, ...)`` line when its
+    model is back; the phases say where a recovery's time goes (host weights, plan, engine, warm-up).
+    """
+    totals: list[float] = []
+    phases: dict[str, list[float]] = {}
+    for match in _SETUP_AGAIN.finditer(log):
+        totals.append(float(match.group(1)))
+        for part in match.group(2).split(", "):
+            name, _, value = part.rpartition(" ")
+            if name:
+                phases.setdefault(name, []).append(float(value))
+    if not totals:
+        return {"models_set_up_again": 0}
+    return {
+        "models_set_up_again": len(totals),
+        "setup_ms_median": percentile(totals, 50),
+        "setup_ms_max": max(totals),
+        "setup_ms_sum": sum(totals),
+        "setup_phase_ms_median": {k: percentile(v, 50) for k, v in phases.items()},
+    }
+
+
 def gpu_names(names: Sequence[str], dev: Devices) -> dict[str, str]:
     """Model name -> the GPU its engine host serves it on (`target_gpu`, as `build_repository` places them)."""
     if not dev.gpu_ids:
@@ -304,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kill_s=kill_s,
         host_lost_logged="(its host was lost)" in log,
         fatal_stack_logged="Fatal Python error" in log,
+        recovery=recovery_setups(log),
     )
     records = read_log(out / "run" / "requests.csv")
     gpu_of = gpu_names(names, dev)
@@ -313,6 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     png = plot_host_death(records, gpu_of, kill_s, out / f"{NAME}.png", title)
     say(f"killed engine host pid {fault.pid} at {kill_s:.2f} s; its stacks in the log: {doc['fatal_stack_logged']}, "
         f"replacement logged: {doc['host_lost_logged']}")  # fmt: skip
+    again = doc["recovery"]
+    if again["models_set_up_again"]:
+        phases = ", ".join(f"{k} {v:.0f}" for k, v in again["setup_phase_ms_median"].items())
+        say(f"  {again['models_set_up_again']} models set up again: median {again['setup_ms_median']:.0f} ms "
+            f"({phases}), max {again['setup_ms_max']:.0f} ms, {again['setup_ms_sum'] / 1e3:.1f} s in all")  # fmt: skip
     for r in rows:
         outage = "never" if r["outage_s"] is None else f"{r['outage_s']:.2f} s"
         which = f"GPU {r['gpu']}{' (killed)' if r['killed'] else ''}"

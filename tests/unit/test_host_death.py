@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loadtest.experiments import Devices
-from loadtest.experiments.host_death import gpu_names, gpu_rows, parse_args
+from loadtest.experiments.host_death import gpu_names, gpu_rows, parse_args, recovery_setups
 from loadtest.results import RequestRecord
 
 
@@ -58,3 +58,17 @@ def test_models_are_placed_as_the_repository_places_them() -> None:
 def test_bad_options_are_refused(bad: list[str], tmp_path) -> None:
     with pytest.raises(SystemExit):
         parse_args(["--model", "tiny-bert", "--duration-s", "20", "--out", str(tmp_path), *bad])
+
+
+def test_recovery_setups_are_read_from_the_log() -> None:
+    log = (
+        "deepplan: m0: started engine host pid 9 for GPU 0 (its host was lost)\n"
+        "deepplan: m0#ab: registered again with engine host pid 9, set up in 300 ms (weights 100, warm_up 200)\n"
+        "deepplan: m1 ready: ... device empty; set up in 999 ms (weights 999)\n"  # a load, not a recovery
+        "deepplan: m1#cd: registered again with engine host pid 9, set up in 500 ms (weights 0, warm_up 500)\n"
+    )
+    doc = recovery_setups(log)
+    assert doc["models_set_up_again"] == 2
+    assert doc["setup_ms_max"] == 500 and doc["setup_ms_sum"] == 800
+    assert doc["setup_phase_ms_median"] == {"weights": 0, "warm_up": 200}  # nearest-rank medians
+    assert recovery_setups("nothing here") == {"models_set_up_again": 0}
