@@ -6,8 +6,11 @@ Imports neither PyTorch nor CUDA: a front end is a small process.
 Hosts are per server and per target GPU: the socket lives in a private folder (``$TMPDIR/deepplan-<uid>``,
 mode 0700) under a name derived from the server's residency state folder and the GPU index. The first front
 end to need a host starts it, under a lock file, so concurrent model loads start exactly one. If the host dies,
-the next request reconnects (starting a new host, which registers the model again and cold-starts it) and is
-retried a few times; requests that still fail get an UNAVAILABLE answer with the reason, and the server stays up.
+each of its front ends notices at once (a thread waits on the host's pidfd) and reconnects, starting a new host
+(or waking the standby host, see `engine_host`), which registers the model again: a model registers again
+when its host dies, not in its next request, so a model that is asked rarely meets a plain cold start, not the
+host's start-up. A request that finds no host reconnects itself, retried a few times; requests that still fail
+get an UNAVAILABLE answer with the reason, and the server stays up.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -40,6 +44,8 @@ START_TIMEOUT_S = 120.0
 RETRIES = 4
 T = TypeVar("T")
 STATUS_TIMEOUT_S = 5.0
+WATCH_RETRY_S = 2.0
+"""After a failed reconnect, how long the watcher waits before trying again."""
 
 
 class HostError(RuntimeError):
@@ -126,7 +132,11 @@ class HostedModel:
         self._evictions_before = 0  # evictions counted by hosts this model lived in before the current one
         self._host_evictions = 0
         self.info: dict[str, Any] = {}
+        self._closed = threading.Event()
+        self._watch_stop_r, self._watch_stop_w = os.pipe()  # close() writes here to end the watcher's wait
         _retrying(self._open, HostDropped, self._drop)
+        self._watcher = threading.Thread(target=self._watch_host, name="deepplan-host-watch", daemon=True)
+        self._watcher.start()
 
     # ---- connection ---------------------------------------------------------------------------------------------
 
@@ -153,6 +163,40 @@ class HostedModel:
         self._evictions_before += self._host_evictions
         self._host_evictions = 0
         self._sock = sock
+
+    def _watch_host(self) -> None:
+        """Watcher thread: when the current host exits, reconnect now (a new host registers the model again).
+
+        Waits on the host's pidfd, so it costs nothing per request and no polling. Without it a model would find
+        its host gone only in its next request, which would then pay the new host's start-up (seconds).
+        """
+        while not self._closed.is_set():
+            pid = self.info.get("pid")
+            if isinstance(pid, int) and self._sock is not None:
+                exited = _wait_for_exit(pid, self._watch_stop_r)
+                if exited is None:
+                    return  # no pidfd here (Linux < 5.3): requests reconnect by themselves
+                if not exited:
+                    continue  # close() woke us
+            if not self._reconnect_after_loss(pid):
+                self._closed.wait(WATCH_RETRY_S)
+
+    def _reconnect_after_loss(self, dead_pid: object) -> bool:
+        """Reconnect unless a request did already; whether the model has a host now."""
+        with self._lock:
+            if self._closed.is_set():
+                return True
+            if self._sock is not None and self.info.get("pid") != dead_pid:
+                return True  # a request reconnected to a new host meanwhile
+            failing = self._sock is None and self._lost_host
+            self._drop()
+            try:
+                _retrying(self._open, (OSError, WireError, HostError), self._drop)
+            except (OSError, WireError, HostError) as exc:
+                if not failing:  # said once per outage, not every retry
+                    print(f"deepplan: {self._register_header['key']}: no engine host now ({exc})", flush=True)
+                return False
+            return True
 
     def _connect_or_start(self) -> socket.socket:
         sock = _connect(self.path)
@@ -299,8 +343,15 @@ class HostedModel:
 
     def close(self) -> None:
         """Model unload: closing the connection makes the host evict and unregister the model."""
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            os.write(self._watch_stop_w, b"x")
         with self._lock:
             self._drop()
+        self._watcher.join(timeout=STATUS_TIMEOUT_S)
+        for fd in (self._watch_stop_r, self._watch_stop_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _retrying(
@@ -319,6 +370,21 @@ def _retrying(
                 raise
             time.sleep(0.2 * attempt)
     raise AssertionError("unreachable")
+
+
+def _wait_for_exit(pid: int, stop_fd: int) -> bool | None:
+    """Block until process `pid` exits (True) or `stop_fd` becomes readable (False); None without pidfd support."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True  # already gone
+    except OSError:
+        return None
+    try:
+        readable, _, _ = select.select([pidfd, stop_fd], [], [])
+    finally:
+        os.close(pidfd)
+    return pidfd in readable
 
 
 def _timing(value: object) -> dict[str, float]:

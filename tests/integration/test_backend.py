@@ -302,7 +302,12 @@ def test_killed_engine_host_leaks_no_budget_and_server_recovers(server):
     while any(e["pid"] == pid for e in Residency(server.state_dir).snapshot()["models"].values()):
         assert time.monotonic() < deadline, "the dead host's budget was not reclaimed"
         time.sleep(0.05)
-    # A new host registers each model again; all answer correctly (bert-a's stub was killed by the test above).
+    # The front ends notice the death themselves: each model registers again before any request asks for it.
+    deadline = time.monotonic() + 60
+    while not all(f"{name}_0_0#" in _registered_again(server) for name in ("bert-b", "bert-c")):
+        assert time.monotonic() < deadline, "the models did not register again without a request"
+        time.sleep(0.1)
+    # A new host serves each model; all answer correctly (bert-a's stub was killed by the test above).
     for name in ("bert-b", "bert-c"):
         out, cold = http_infer(server, name, input_ids=x)
         np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
@@ -314,6 +319,11 @@ def test_killed_engine_host_leaks_no_budget_and_server_recovers(server):
     assert sum(e["bytes"] for e in snap["models"].values()) <= BUDGET
     client = tritonclient_http.InferenceServerClient(server.http_url)
     assert client.is_server_live()
+
+
+def _registered_again(server) -> str:
+    """The server log's 'registered again' lines (front ends that moved to a new engine host)."""
+    return "\n".join(line for line in server.srv.log().splitlines() if "registered again" in line)
 
 
 def _children(pid: int) -> list[int]:
