@@ -53,6 +53,8 @@ COLUMNS = (
     "stubs_rss_mib",
     "engine_hosts",
     "hosts_rss_mib",
+    "standby_hosts",
+    "standbys_rss_mib",
     "answers",
     "errors",
     "wrong",
@@ -95,17 +97,20 @@ def _cmdline(pid: int) -> str:
 
 
 def process_memory(server_pid: int) -> dict[str, float]:
-    """Resident host memory (MiB) of the server, its stubs and its engine hosts."""
+    """Resident host memory (MiB) of the server, its stubs, its engine hosts and their standbys (`standby`)."""
     stubs = [int(p) for p in Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()]
     from deepplan_backend.hosting.host_client import socket_path
+    from deepplan_backend.hosting.standby import STANDBY_FLAG
     from deepplan_backend.runtime.residency import server_state_dir
 
     ours = socket_path(server_state_dir(server_pid), 0).name.split("-")[0]  # the server's digest, any GPU
-    hosts = [
-        int(p.name)
+    processes = {
+        int(p.name): cmd
         for p in Path("/proc").iterdir()
         if p.name.isdigit() and "deepplan_backend.hosting.engine_host" in (cmd := _cmdline(int(p.name))) and ours in cmd
-    ]
+    }
+    hosts = [pid for pid, cmd in processes.items() if STANDBY_FLAG not in cmd]
+    standbys = [pid for pid, cmd in processes.items() if STANDBY_FLAG in cmd]
     stub_rss = [_rss_mib(p) for p in stubs]
     return {
         "server_rss_mib": _rss_mib(server_pid),
@@ -114,6 +119,8 @@ def process_memory(server_pid: int) -> dict[str, float]:
         "stubs_rss_mib": sum(stub_rss),
         "engine_hosts": len(hosts),
         "hosts_rss_mib": sum(_rss_mib(p) for p in hosts),
+        "standby_hosts": len(standbys),
+        "standbys_rss_mib": sum(_rss_mib(p) for p in standbys),
     }
 
 

@@ -4,8 +4,8 @@
 # results/README.md ("Re-running everything on a device") for the order. Logs and CSVs go to OUT/logs
 # (default $OUT, else results/device), tarred at the end. Wheels: scripts/device_wheels.sh, installed first.
 #   scripts/device_suite.sh [STEP ...]     steps: tests triton triton_eager triton_instance engine fig10 scale
-#                                          fig12 limit limit_eager residency host_death (default: all but
-#                                          limit_eager, residency and host_death)
+#                                          fig12 limit limit_eager residency host_death host_death_no_standby
+#                                          (default: all but limit_eager, residency and the host_death ones)
 # SUITE_BUDGET_S (default 580): the whole run's limit; a step gets at most what is left of it, minus 15 s for
 # the tar, so that a device call's own limit never kills the run before its logs are packed.
 # FIG12_INSTANCES / FIG12_RATE / FIG12_DURATION_S (default "20 40 80" / 100 / 20): the paper's 4-GPU point set;
@@ -85,10 +85,12 @@ for step in $steps; do
         # CPU only (the device host's cores, not the GPUs): the residency's state-file layout, 4 hosts at once.
         residency) run residency_layout 90 python3 -m benchmark.residency_layout --hosts 4 \
             -o "$L/residency_layout.csv" ;;
+        # host_death_no_standby: the same with DEEPPLAN_STANDBY=0 (a new process replaces the host: the baseline).
         # shellcheck disable=SC2086  # HOST_DEATH_ARGS is a list of options
-        host_death) run host_death 300 python3 -m loadtest.experiments.host_death --model bert-base \
+        host_death|host_death_no_standby) run "$step" 300 env DEEPPLAN_STANDBY="$([ "$step" = host_death ] && echo 1 || echo 0)" \
+            python3 -m loadtest.experiments.host_death --model bert-base \
             ${HOST_DEATH_ARGS:---instances 80 --engines deepplan+pt --rate 100} --duration-s 20 --kill-at-s 8 \
-            --drain-s 5 --warmup-s 2 --budget 2GiB --out "$L/host_death" ;;
+            --drain-s 5 --warmup-s 2 --budget 2GiB --out "$L/$step" ;;
         *) echo "unknown step $step" >&2; exit 2 ;;
     esac
 done

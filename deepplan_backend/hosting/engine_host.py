@@ -29,6 +29,7 @@ import concurrent.futures
 import os
 import select
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -42,6 +43,7 @@ import numpy as np
 from deepplan_backend.runtime.crash_policy import prepare_to_die
 from deepplan_backend.runtime.gc_pauses import freeze_long_lived
 
+from . import standby
 from .stall_report import StallReport
 from .wire import WireError, recv_message, send_message
 
@@ -64,6 +66,8 @@ class _Host:
         self._count_lock = threading.Lock()
         self._import_lock = threading.Lock()
         self._stall_report = StallReport.from_environment()
+        self._standby: subprocess.Popen[bytes] | None = None
+        self._standby_lock = threading.Lock()
 
     def serve_forever(self) -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
@@ -86,7 +90,19 @@ class _Host:
                     self._start_client(conn)
             finally:
                 self.path.unlink(missing_ok=True)
+                standby.stop(self._standby)
         _say(f"no model left for {self.linger_s:g} s; exiting")
+
+    def _keep_a_standby(self) -> None:
+        """Start a standby (`standby`) unless one runs: after a registration, so that it never delays a load."""
+        if not standby.enabled():
+            return
+        with self._standby_lock:
+            if self._standby is None or self._standby.poll() is not None:
+                try:
+                    self._standby = standby.spawn(self.path)
+                except OSError as exc:  # e.g. out of processes: this host serves on, without a replacement ready
+                    _say(f"cannot start a standby: {exc}")
 
     def _on_device_thread(self, fn: Callable[[], Any]) -> Any:
         report = self._stall_report
@@ -168,6 +184,7 @@ class _Host:
         except OSError:  # the front end left while we prepared the model: do not keep it registered
             served.close()
             raise
+        self._keep_a_standby()
         return served
 
     def _answer(self, conn: socket.socket, served: Any, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
@@ -252,11 +269,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--socket", type=Path, required=True, help="Unix socket path to listen on")
     p.add_argument("--linger-s", type=float, default=LINGER_S, help="exit after this long without a model")
+    p.add_argument(
+        standby.STANDBY_FLAG,
+        type=int,
+        metavar="PID",
+        help="be the standby of host PID: wait, imported, until a front end wakes this process to replace it",
+    )
     args = p.parse_args(argv)
     # A host that dies of a signal (SIGSEGV in a native library) would otherwise leave no line in the server's log
     # (its front ends just start a new one: session 11 lost eight hosts that way), and could hold every GPU's
     # requests while its core is written.
     prepare_to_die()
+    if args.standby_for is not None:
+        if not standby.wait_to_be_woken(args.socket, args.standby_for):
+            return 0
+        _say(f"standby woken to replace host pid {args.standby_for}")
     _Host(args.socket, args.linger_s).serve_forever()
     return 0
 

@@ -22,6 +22,7 @@ import os
 import select
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,7 @@ import numpy as np
 from deepplan_backend.runtime.answer import Answer, ModelStatus, setup_summary
 from deepplan_backend.runtime.residency import STATE_DIR_ENV, default_state_dir
 
+from . import standby
 from .wire import DTYPES, WireError, recv_message, send_message
 
 PYTHON_ENV = "DEEPPLAN_PYTHON"
@@ -88,6 +90,20 @@ def python_executable() -> str:
     return found
 
 
+def listener_pid(path: Path) -> int | None:
+    """The pid of the process listening on Unix socket `path` (the kernel tells a client: ``SO_PEERCRED``), or None.
+
+    Tells a host from its standby, which has the same ``--socket`` on its command line.
+    """
+    sock = _connect(path)
+    if sock is None:
+        return None
+    with sock:
+        cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, _, _ = struct.unpack("3i", cred)
+    return pid or None
+
+
 def _connect(path: Path) -> socket.socket | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -127,6 +143,7 @@ class HostedModel:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._spawned: subprocess.Popen[bytes] | None = None
+        self._woken: int | None = None  # the pid of a standby this model woke to replace its host
         self._lost_host = False  # a connection of this model broke (the host died, or its model was unloaded)
         self._status = ModelStatus()
         self._evictions_before = 0  # evictions counted by hosts this model lived in before the current one
@@ -215,10 +232,23 @@ class HostedModel:
                     return sock
                 if self._spawned is not None and self._spawned.poll() is not None:
                     raise HostError(f"engine host exited with code {self._spawned.returncode} before listening")
-                time.sleep(0.05)  # start-up only: the host binds its socket before importing PyTorch
+                if self._woken is not None and not _alive(self._woken):
+                    raise HostError(f"standby engine host pid {self._woken} exited before listening")
+                # Start-up only: a new host binds its socket before importing PyTorch, a woken standby at once.
+                time.sleep(0.05 if self._woken is None else 0.005)
         raise HostError(f"engine host did not listen on {self.path} within {START_TIMEOUT_S:g} s")
 
     def _start_host(self) -> None:
+        why = "its host was lost" if self._lost_host else "no host yet"
+        woken = standby.wake(self.path)  # a lost host's standby has paid the imports already
+        if woken is not None:
+            self._spawned, self._woken = None, woken
+            print(
+                f"deepplan: {self._register_header['key']}: woke standby engine host pid {woken} for GPU "
+                f"{self.target} ({why})",
+                flush=True,
+            )
+            return
         env = dict(os.environ)
         env[STATE_DIR_ENV] = str(self.state_dir)
         # The host imports what this stub imports (deepplan_backend lives in Triton's backend folder).
@@ -227,8 +257,8 @@ class HostedModel:
         # Its own session: the host outlives the stub that started it (other models use it) and is not killed
         # with that stub's process group; it exits by itself once no model is left.
         self._spawned = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        self._woken = None
         # Said here, not by the host: a host that replaces a dead one is the only trace of that death in the log.
-        why = "its host was lost" if self._lost_host else "no host yet"
         print(
             f"deepplan: {self._register_header['key']}: started engine host pid {self._spawned.pid} for GPU "
             f"{self.target} ({why})",
@@ -370,6 +400,16 @@ def _retrying(
                 raise
             time.sleep(0.2 * attempt)
     raise AssertionError("unreachable")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _wait_for_exit(pid: int, stop_fd: int) -> bool | None:

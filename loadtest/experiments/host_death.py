@@ -117,22 +117,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def engine_host_pid(server_pid: int, gpu: int) -> int | None:
     """The pid of the engine host serving `gpu` for the ``tritonserver`` with pid `server_pid`, if one runs.
 
-    Found by its command line (``--socket <its socket>``), the socket being where that server's front ends look.
+    The process listening where that server's front ends connect (a standby has the same command line).
     """
-    from deepplan_backend.hosting.host_client import socket_path
+    from deepplan_backend.hosting.host_client import listener_pid, socket_path
     from deepplan_backend.runtime.residency import server_state_dir
 
-    wanted = str(socket_path(server_state_dir(server_pid), gpu)).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        if b"deepplan_backend.hosting.engine_host" in argv and wanted in argv:
-            return int(entry.name)
-    return None
+    return listener_pid(socket_path(server_state_dir(server_pid), gpu))
 
 
 @dataclass

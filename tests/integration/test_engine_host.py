@@ -1,17 +1,21 @@
 """The engine host without Triton: models of one target GPU share one host process, answers are right, a bad
-config is refused with its reason, a killed host is replaced, and the host exits once its last model is gone."""
+config is refused with its reason, a killed host is replaced (by its standby), and the host exits once its last
+model is gone."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from deepplan_backend.hosting.host_client import HostedModel, HostError
+from deepplan_backend.hosting import standby
+from deepplan_backend.hosting.host_client import HostedModel, HostError, listener_pid
 from deepplan_backend.runtime.residency import STATE_DIR_ENV
 from tests.plain_outputs import plain_output
 
@@ -52,24 +56,84 @@ def test_models_share_a_host_and_survive_its_death(repo: Path) -> None:
         assert a.status().resident_bytes > 0
 
         old = a.info["pid"]
+        spare = _listener(standby.control_path(a.path))  # the host keeps a standby, imported, with no GPU work
+        assert spare not in (None, old)
         os.kill(old, signal.SIGKILL)
-        (again,) = a.answer([{"input_ids": x}])  # reconnects: a new host registers the model and cold-starts it
+        (again,) = a.answer([{"input_ids": x}])  # a new host registers the model again and cold-starts it
         assert again.error is None, again.error
         np.testing.assert_allclose(again.output, want, rtol=1e-4, atol=1e-5)
-        assert again.cold and a.info["pid"] != old
+        (b_again,) = b.answer([{"input_ids": x}])  # after b's own reconnect (its watcher may still be at it)
+        assert b_again.error is None, b_again.error
+        assert again.cold and a.info["pid"] == b.info["pid"] == spare, "the standby replaced the lost host"
+        assert _listener(standby.control_path(a.path)) not in (None, spare), "the new host keeps a standby too"
     finally:
         a.close()
         b.close()
     host = a.info["pid"]
+    spare = _listener(standby.control_path(a.path))
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and _running(host):
+    while time.monotonic() < deadline and (_running(host) or (spare is not None and _running(spare))):
         time.sleep(0.1)
     assert not _running(host), "the host exits once no model is left"
+    assert spare is not None and not _running(spare), "... and stops its standby"
+    assert not standby.control_path(a.path).exists()
+
+
+def test_without_standby_a_new_process_replaces_the_host(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(standby.STANDBY_ENV, "0")
+    a = HostedModel(_params(repo), repo / "repo" / "a", "a_0_0", 4, None)
+    try:
+        old = a.info["pid"]
+        time.sleep(1.0)  # a standby would be listening by now
+        assert _listener(standby.control_path(a.path), wait_s=0) is None
+        os.kill(old, signal.SIGKILL)
+        (again,) = a.answer([{"input_ids": np.arange(100, 112)[None]}])
+        assert again.error is None and again.cold and a.info["pid"] != old, again.error
+    finally:
+        a.close()
+
+
+def test_an_orphaned_standby_exits_and_a_woken_one_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`wait_to_be_woken` in this process: False once its host is gone and nobody woke it; True when woken."""
+    monkeypatch.setattr(standby, "ORPHAN_WAIT_S", 0.3)
+    host_socket = tmp_path / "h.sock"
+    host = subprocess.Popen(["sleep", "0.2"])
+    start = time.monotonic()
+    assert standby.wait_to_be_woken(host_socket, host.pid) is False
+    assert time.monotonic() - start < 10 and not standby.control_path(host_socket).exists()
+    host.wait()
+
+    host = subprocess.Popen(["sleep", "30"])
+    woke: list[int | None] = []
+
+    def wake_when_listening() -> None:
+        while not standby.control_path(host_socket).exists():
+            time.sleep(0.01)
+        woke.append(standby.wake(host_socket))
+
+    waker = threading.Thread(target=wake_when_listening)
+    waker.start()
+    try:
+        assert standby.wait_to_be_woken(host_socket, host.pid) is True
+        waker.join(timeout=10)
+        assert woke == [os.getpid()] and not standby.control_path(host_socket).exists()
+        assert standby.wake(host_socket) is None, "nothing to wake any more"
+    finally:
+        host.kill()
+        host.wait()
 
 
 def test_bad_config_is_refused_with_the_reason(repo: Path) -> None:
     with pytest.raises(HostError, match="parameter engine"):
         HostedModel(_params(repo, engine="warp"), repo / "repo" / "bad", "bad_0_0", 4, None)
+
+
+def _listener(path: Path, wait_s: float = 20.0) -> int | None:
+    """The pid listening on Unix socket `path` (waiting up to `wait_s` for one), else None."""
+    deadline = time.monotonic() + wait_s
+    while (pid := listener_pid(path)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pid
 
 
 def _running(pid: int) -> bool:

@@ -19,6 +19,7 @@ def test_scale_points_answer_right_with_one_host_and_light_front_ends(tmp_path: 
     for r in rows:
         assert r["error"] == "" and int(r["wrong"]) == 0 and int(r["answers"]) == int(r["instances"])
         assert int(r["engine_hosts"]) == 1 and int(r["stubs"]) == int(r["instances"])
+        assert int(r["standby_hosts"]) == 1, "the host keeps one standby"
         assert float(r["stub_rss_mib_median"]) < 150, "a front end stays small: no PyTorch in it"
     assert (out / "shared-n3.log").read_text().count("in engine host pid") == 3
 

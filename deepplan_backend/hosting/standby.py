@@ -1,0 +1,162 @@
+"""The standby engine host: a process that has paid Python's start and the imports, waiting to replace its GPU's host.
+
+A host that dies (a crash in a native library, a sticky CUDA error) takes the device work of its models with it.
+Their front ends reconnect at once (`host_client`), and every model registers again in a new host. A fresh
+process first pays the interpreter's start and the imports of PyTorch, `transformers` and the model classes:
+seconds, inside every one of those models' outage. A standby has paid them already.
+
+- A running host starts one after its first model has registered (so the imports do not compete with that load),
+  and again whenever its standby is gone.
+- The front end that must replace a lost host wakes the standby (`wake`, under the spawn lock) instead of
+  starting a process; the standby then becomes the host (`engine_host.main`) and starts a standby of its own.
+- It holds no CUDA context and no GPU memory until it is woken.
+- It exits when its host stops it (the host's normal exit), or `ORPHAN_WAIT_S` after its host died without anyone
+  waking it (the server went down with it).
+
+``DEEPPLAN_STANDBY=0`` in the server's environment turns standbys off (a standby costs a Python process with
+PyTorch imported: a few hundred MB of host memory per GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .wire import WireError, recv_message, send_message
+
+STANDBY_ENV = "DEEPPLAN_STANDBY"
+ORPHAN_WAIT_S = 30.0
+"""How long a standby whose host died waits to be woken before it concludes that the server is gone."""
+WAKE_TIMEOUT_S = 5.0
+STANDBY_FLAG = "--standby-for"
+"""The engine host's option that makes it a standby; a woken standby keeps it on its command line."""
+
+
+def enabled() -> bool:
+    """Whether hosts keep a standby (``$DEEPPLAN_STANDBY`` is not ``0``)."""
+    return os.environ.get(STANDBY_ENV, "1").strip() != "0"
+
+
+def control_path(host_socket: Path) -> Path:
+    """Where the standby of the host listening on `host_socket` waits to be woken."""
+    return host_socket.with_suffix(".standby")
+
+
+def spawn(host_socket: Path) -> subprocess.Popen[bytes]:
+    """Start a standby for this process, the host listening on `host_socket` (its own session: it outlives us)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepplan_backend.hosting.engine_host",
+        "--socket",
+        str(host_socket),
+        STANDBY_FLAG,
+        str(os.getpid()),
+    ]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def wake(host_socket: Path) -> int | None:
+    """Wake the standby of `host_socket`'s (lost) host; its pid, or None when there is none to wake.
+
+    Called by a front end holding the spawn lock: the woken standby binds `host_socket` next, so the caller waits
+    for it there as for a host it started.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(WAKE_TIMEOUT_S)
+        try:
+            sock.connect(str(control_path(host_socket)))
+            send_message(sock, {"op": "wake"})
+            reply, _ = recv_message(sock)
+        except (OSError, WireError):
+            return None  # none there, or it died meanwhile: the caller starts a process instead
+    pid = reply.get("pid")
+    return pid if reply.get("ok") and isinstance(pid, int) else None
+
+
+def wait_to_be_woken(host_socket: Path, host_pid: int) -> bool:
+    """The standby's life until it is needed: True when a front end woke it, False when it should exit.
+
+    Imports what a host needs on a thread meanwhile; a wake that comes before they are done is answered at once
+    (the registration then waits for the imports already under way).
+    """
+    path = control_path(host_socket)
+    signal.signal(signal.SIGTERM, _exit_on_term)  # stopped by its host: remove the control socket on the way out
+    threading.Thread(target=_preload, name="deepplan-standby-preload", daemon=True).start()
+    try:
+        pidfd: int | None = os.pidfd_open(host_pid)
+    except ProcessLookupError:
+        return False  # the host is gone already: nobody to stand by for
+    except OSError:
+        pidfd = None  # no pidfd (Linux < 5.3): only a wake or SIGTERM ends the wait
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        path.unlink(missing_ok=True)  # a previous standby's, killed without its cleanup
+        server.bind(str(path))
+        os.chmod(path, 0o600)
+        server.listen(16)
+        try:
+            return _serve_wake(server, pidfd)
+        finally:
+            path.unlink(missing_ok=True)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if pidfd is not None:
+                os.close(pidfd)
+
+
+def _serve_wake(server: socket.socket, pidfd: int | None) -> bool:
+    orphaned_at: float | None = None
+    while True:
+        watched = [server] if pidfd is None or orphaned_at is not None else [server, pidfd]
+        timeout = None if orphaned_at is None else max(0.0, orphaned_at + ORPHAN_WAIT_S - time.monotonic())
+        readable, _, _ = select.select(watched, [], [], timeout)
+        if not readable:
+            return False  # the host died and nobody came for us: the server is gone
+        if pidfd is not None and pidfd in readable:
+            orphaned_at = time.monotonic()
+        if server in readable:
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(WAKE_TIMEOUT_S)
+                try:
+                    request, _ = recv_message(conn)
+                    if request.get("op") == "wake":
+                        send_message(conn, {"ok": True, "pid": os.getpid()})
+                        return True
+                    send_message(conn, {"ok": False, "error": "a standby only answers wake"})
+                except (OSError, WireError):
+                    continue
+
+
+def _preload() -> None:
+    """Import what every registration needs, so that a woken standby skips it (seconds on a fresh process)."""
+    try:
+        import transformers
+
+        import deepplan_backend.runtime.served_model  # noqa: F401  (PyTorch and the runtime)
+
+        # `transformers` imports model code lazily, on first attribute access: each family's classes, now.
+        for name in ("BertModel", "RobertaModel", "GPT2LMHeadModel", "ResNetForImageClassification"):
+            getattr(transformers, name)
+    except Exception as exc:  # the host's own registration reports a broken install; this is only a head start
+        print(f"deepplan standby (pid {os.getpid()}): preload failed: {exc}", flush=True)
+
+
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def stop(process: subprocess.Popen[bytes] | None) -> None:
+    """Stop a standby this host started (its normal exit: no host left to stand by for)."""
+    if process is not None and process.poll() is None:
+        with contextlib.suppress(OSError):
+            process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=2.0)
