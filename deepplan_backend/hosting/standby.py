@@ -114,7 +114,7 @@ def wait_to_be_woken(host_socket: Path, host_pid: int) -> bool:
 def _serve_wake(server: socket.socket, pidfd: int | None) -> bool:
     orphaned_at: float | None = None
     while True:
-        watched = [server] if pidfd is None or orphaned_at is not None else [server, pidfd]
+        watched: list[socket.socket | int] = [server] if pidfd is None or orphaned_at is not None else [server, pidfd]
         timeout = None if orphaned_at is None else max(0.0, orphaned_at + ORPHAN_WAIT_S - time.monotonic())
         readable, _, _ = select.select(watched, [], [], timeout)
         if not readable:
