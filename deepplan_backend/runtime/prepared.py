@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,8 @@ class PreparedModel:
     model: ZooModel
     table: LayerTable
     store: HostStore
+    prepare_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Where `prepare` spent its time: build (with the imports it triggers), table, pack (pinning included)."""
 
     @property
     def fingerprint(self) -> str:
@@ -43,11 +46,17 @@ class PreparedModel:
 
 def prepare(name_or_path: str, dtype: str = "float32", seed: int = 0, pin: bool | None = None) -> PreparedModel:
     """Build the model, observe its execution order, and pack its tensors into (pinned) host memory."""
+    start = time.perf_counter()
     model = load_model(name_or_path, dtype=dtype, seed=seed)
+    built = time.perf_counter()
     trace = model.example_inputs(1, min(TRACE_SEQ_LEN, model.max_seq_len), seed=seed)
     table = build_layer_table(model.module, trace)
+    traced = time.perf_counter()
     store = HostStore.pack(model.module, table, pin=pin)
-    return PreparedModel(model, table, store)
+    packed = time.perf_counter()
+    laps = {"build": built - start, "table": traced - built, "pack": packed - traced}
+    prepared = PreparedModel(model, table, store, {k: v * 1e3 for k, v in laps.items()})
+    return prepared
 
 
 _shared_lock = threading.Lock()
@@ -66,6 +75,8 @@ def prepare_shared(name_or_path: str, dtype: str = "float32", seed: int = 0) -> 
         if base is None:
             base = prepare(name_or_path, dtype, seed)
             _shared_stores[key] = base
+            laps = ", ".join(f"{k} {v:.0f}" for k, v in base.prepare_ms.items())
+            print(f"deepplan: host weights of {name_or_path} ({dtype}) prepared: {laps} ms", flush=True)
     module = base.model.module
     keep = {id(t): t for t in (*module.parameters(), *module.buffers())}
     clone = copy.deepcopy(module, memo=dict(keep))

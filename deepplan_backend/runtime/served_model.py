@@ -356,6 +356,7 @@ class ServedModel:
         self.setup_ms: dict[str, float] = {}
         mark = time.perf_counter()
         self.devices = choose_devices(settings, instance_device)
+        mark = _lap(self.setup_ms, "devices", mark)  # a new process's CUDA start-up shows here
         self.prepared = prepare_shared(settings.model, settings.dtype, settings.seed)
         mark = _lap(self.setup_ms, "weights", mark)
         self.model = self.prepared.model
