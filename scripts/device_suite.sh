@@ -12,7 +12,8 @@
 # on 2 GPUs, "10 20 40" at 50 req/s keeps the per-GPU instance count and request rate. FIG12_ENGINES (default
 # "pipeline deepplan deepplan+pt").
 # HOST_DEATH_ARGS (default "--instances 80 --engines deepplan+pt --rate 100"): the load under which host_death kills
-# GPU 0's engine host 8 s in; on one GPU, "--instances 20 --engines deepplan --rate 25" is that GPU's share.
+# GPU 0's engine host 8 s in; on one GPU, "--instances 20 --engines deepplan --rate 25" is that GPU's share. Given
+# last, so they override the step's own options too (e.g. --drain-s 20 for a recovery longer than the run).
 # LIMIT_ARGS (default "--all --dtypes float32 float16"): models and dtypes of `limit` (DeepPlan follows graph-regime
 # plans) and `limit_eager` (the same with plans profiled eagerly, for comparison).
 set -uo pipefail
@@ -88,9 +89,9 @@ for step in $steps; do
         # host_death_no_standby: the same with DEEPPLAN_STANDBY=0 (a new process replaces the host: the baseline).
         # shellcheck disable=SC2086  # HOST_DEATH_ARGS is a list of options
         host_death|host_death_no_standby) run "$step" 300 env DEEPPLAN_STANDBY="$([ "$step" = host_death ] && echo 1 || echo 0)" \
-            python3 -m loadtest.experiments.host_death --model bert-base \
-            ${HOST_DEATH_ARGS:---instances 80 --engines deepplan+pt --rate 100} --duration-s 20 --kill-at-s 8 \
-            --drain-s 5 --warmup-s 2 --budget 2GiB --out "$L/$step" ;;
+            python3 -m loadtest.experiments.host_death --model bert-base --duration-s 20 --kill-at-s 8 \
+            --drain-s 5 --warmup-s 2 --budget 2GiB --out "$L/$step" \
+            ${HOST_DEATH_ARGS:---instances 80 --engines deepplan+pt --rate 100} ;;
         *) echo "unknown step $step" >&2; exit 2 ;;
     esac
 done
