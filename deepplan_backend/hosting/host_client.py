@@ -7,7 +7,7 @@ Hosts are per server and per target GPU: the socket lives in a private folder (`
 mode 0700) under a name derived from the server's residency state folder and the GPU index. The first front
 end to need a host starts it, under a lock file, so concurrent model loads start exactly one. If the host dies,
 each of its front ends notices at once (a thread waits on the host's pidfd) and reconnects, starting a new host
-(or waking the standby host, see `engine_host`), which registers the model again: a model registers again
+(or waking its standby, see `standby`), which registers the model again: a model registers again
 when its host dies, not in its next request, so a model that is asked rarely meets a plain cold start, not the
 host's start-up. A request that finds no host reconnects itself, retried a few times; requests that still fail
 get an UNAVAILABLE answer with the reason, and the server stays up.
