@@ -19,7 +19,8 @@ waits on its connection thread (`Residency.wait_for_room`) and queues again.
 Eager launches are bound by this process's CPU anyway,
 a cold start then owns the copy engines it was planned for, and the per-thread state of CUDA libraries (a
 cuBLAS handle and workspace per thread and GPU) exists once, not once per model. The host exits when it has had no
-client for ``--linger-s`` seconds (its server stopped or unloaded every model).
+client for ``--linger-s`` seconds (its server stopped or unloaded every model). After its first registration it
+keeps a `standby` process, which replaces it if it dies; ``--standby-for PID`` makes this process one.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ Per GPU (``host_death.csv`` / ``.json``, one row each; time 0 = the schedule's s
 Also written: ``host_death.png`` (every request's latency against its completion time, per GPU, the kill marked)
 and, under ``run/``, the point's requests.csv, summary.json, Locust and server logs. The JSON says whether the
 server log shows the lost host's stacks (``Fatal Python error``) and the front ends' ``started engine host ...
-(its host was lost)`` line, and (``recovery``) how long each model's set-up in the new host took, per phase.
+(its host was lost)`` line, whether the new host was the lost one's standby (``standby_woken``), and
+(``recovery``) how long each model's set-up in the new host took, per phase.
 Exit code 0 when the point ran and the killed GPU recovered, 1 otherwise, 2 on bad options.
 """
 
@@ -322,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc.update(
         kill_s=kill_s,
         host_lost_logged="(its host was lost)" in log,
+        standby_woken="woke standby engine host" in log,
         fatal_stack_logged="Fatal Python error" in log,
         recovery=recovery_setups(log),
     )
@@ -332,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     title = f"{args.instances} x {args.model} ({engine}), {args.rate:g} req/s, {where}: GPU {args.kill_gpu}'s host dies"
     png = plot_host_death(records, gpu_of, kill_s, out / f"{NAME}.png", title)
     say(f"killed engine host pid {fault.pid} at {kill_s:.2f} s; its stacks in the log: {doc['fatal_stack_logged']}, "
-        f"replacement logged: {doc['host_lost_logged']}")  # fmt: skip
+        f"replacement logged: {doc['host_lost_logged']}, standby woken: {doc['standby_woken']}")  # fmt: skip
     again = doc["recovery"]
     if again["models_set_up_again"]:
         phases = ", ".join(f"{k} {v:.0f}" for k, v in again["setup_phase_ms_median"].items())

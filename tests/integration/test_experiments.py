@@ -172,6 +172,7 @@ def test_host_death_under_load_is_survived_and_measured(tmp_path):
     doc = json.loads((out / "host_death.json").read_text())
     assert doc["fatal_stack_logged"] and doc["host_lost_logged"] and doc["killed_pid"], doc
     assert doc["recovery"]["models_set_up_again"] == 3 and doc["recovery"]["setup_ms_max"] > 0, doc
+    assert doc["standby_woken"], "the lost host's standby replaced it"
     assert 0 < doc["kill_s"] < 8
     assert (out / "host_death.png").is_file() and (out / "run" / "requests.csv").is_file()
     assert "I/O operation on closed file" not in log  # the log stays open for the lingering replacement host
