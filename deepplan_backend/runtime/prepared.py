@@ -55,8 +55,7 @@ def prepare(name_or_path: str, dtype: str = "float32", seed: int = 0, pin: bool 
     store = HostStore.pack(model.module, table, pin=pin)
     packed = time.perf_counter()
     laps = {"build": built - start, "table": traced - built, "pack": packed - traced}
-    prepared = PreparedModel(model, table, store, {k: v * 1e3 for k, v in laps.items()})
-    return prepared
+    return PreparedModel(model, table, store, {k: v * 1e3 for k, v in laps.items()})
 
 
 _shared_lock = threading.Lock()
