@@ -189,7 +189,9 @@ class HostedModel:
         """
         while not self._closed.is_set():
             pid = self.info.get("pid")
-            if isinstance(pid, int) and self._sock is not None:
+            if self._sock is not None:
+                if not isinstance(pid, int):
+                    return  # a host that does not say its pid cannot be watched: requests reconnect by themselves
                 exited = _wait_for_exit(pid, self._watch_stop_r)
                 if exited is None:
                     return  # no pidfd here (Linux < 5.3): requests reconnect by themselves

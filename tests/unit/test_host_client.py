@@ -20,6 +20,7 @@ class FakeHost:
     """Listens where the real host would; `behaviour(conn, n)` handles the n-th connection."""
 
     def __init__(self, path: Path, behaviour) -> None:
+        self.path = path
         self.connections = 0
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         path.unlink(missing_ok=True)
@@ -40,6 +41,7 @@ class FakeHost:
 
     def close(self) -> None:
         self.sock.close()
+        self.path.unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -122,6 +124,24 @@ def test_an_unsendable_request_fails_alone(state: Path, tmp_path: Path) -> None:
         bad, ok = model.answer([{"input_ids": np.array([["x"]], dtype=object)}, {"input_ids": good}])
         assert bad.invalid and "not supported" in (bad.error or "")
         assert ok.error is None and ok.cold and np.array_equal(ok.output, good * 2)
+        model.close()
+    finally:
+        fake.close()
+
+
+def test_a_host_without_a_pid_is_not_watched(state: Path, tmp_path: Path) -> None:
+    """The watcher waits on the host's pid; a host that gives none is left to the requests' own reconnects."""
+
+    def behaviour(conn: socket.socket, n: int) -> None:
+        recv_message(conn)
+        send_message(conn, {"ok": True, "info": {"model": "tiny-bert"}})
+        conn.recv(1)
+
+    fake = FakeHost(socket_path(state, 0), behaviour)
+    try:
+        model = _model(tmp_path)
+        model._watcher.join(timeout=5)
+        assert not model._watcher.is_alive() and fake.connections == 1, "no reconnect loop"
         model.close()
     finally:
         fake.close()
