@@ -461,6 +461,7 @@ class TritonServer:
             self._reader.join(timeout=2)
         self._remove_shm_regions()
         self._remove_residency_state()
+        self._remove_host_files()
         return self._proc.returncode if code is None else code
 
     def _remove_residency_state(self) -> None:
@@ -472,6 +473,17 @@ class TritonServer:
         """
         if self._proc is not None and not os.environ.get(STATE_DIR_ENV):
             remove_unused_state_dir(server_state_dir(self._proc.pid))
+
+    def _remove_host_files(self) -> None:
+        """Delete this server's engine-host spawn locks and dead sockets (``$TMPDIR/deepplan-<uid>/``).
+
+        Only for the default residency folder: servers given the same ``$DEEPPLAN_RESIDENCY_DIR`` share hosts.
+        """
+        if self._proc is not None and not os.environ.get(STATE_DIR_ENV):
+            from deepplan_backend.hosting.host_client import HostError, remove_server_files
+
+            with contextlib.suppress(HostError, OSError):  # a foreign socket folder: leave it to its owner
+                remove_server_files(server_state_dir(self._proc.pid))
 
     def _remove_shm_regions(self) -> None:
         """Delete this launch's Python-backend regions left in /dev/shm (1 MiB or more each).

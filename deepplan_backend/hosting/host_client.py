@@ -77,6 +77,19 @@ def socket_path(state_dir: Path, target: int) -> Path:
     return socket_dir() / f"{digest}-{target}.sock"
 
 
+def remove_server_files(state_dir: Path) -> None:
+    """After a server stopped: its hosts' spawn locks, and their sockets that nobody listens on any more.
+
+    A lock file per GPU is made by the first front end that starts a host and stays while the server runs (a
+    front end may start a host at any time); a host killed without a replacement leaves its socket. A host still
+    lingering keeps its socket, a waiting standby its control socket: each removes its own on exit.
+    """
+    stem = socket_path(state_dir, 0).name.rsplit("-", 1)[0]  # the server's digest, any GPU
+    for entry in socket_dir().glob(f"{stem}-*"):
+        if entry.suffix == ".lock" or listener_pid(entry) is None:
+            entry.unlink(missing_ok=True)
+
+
 def python_executable() -> str:
     """``$DEEPPLAN_PYTHON``, else this interpreter when it is a Python, else ``python3`` on the PATH."""
     explicit = os.environ.get(PYTHON_ENV)

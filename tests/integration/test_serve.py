@@ -261,3 +261,29 @@ def test_killed_stubs_leave_no_shared_memory_behind(tmp_path):
                 except InferenceServerException:
                     time.sleep(0.5)
     assert not list(Path("/dev/shm").glob(f"{prefix}*"))
+
+
+def test_a_stopped_server_leaves_no_engine_host_files(tmp_path):
+    """The launcher removes its engine hosts' spawn lock; the host and its standby remove their own sockets."""
+    from deepplan_backend.hosting.host_client import listener_pid, socket_dir, socket_path
+    from deepplan_backend.repository import config_pbtxt
+    from deepplan_backend.runtime.residency import server_state_dir
+
+    plans = tmp_path / "plans"
+    params = {"engine": "pipeline", "plan_repository": str(plans), "budget": "64MiB"}
+    write_model(tmp_path / "repo", "bert", config_pbtxt("bert", "tiny-bert", parameters=params))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DEEPPLAN_ALLOWED_ROOTS", str(plans))
+        with triton_server.running_triton(tmp_path / "repo", ready_timeout_s=120) as server:
+            host_socket = socket_path(server_state_dir(server.server.pid), 0)
+            stem = host_socket.name.rsplit("-", 1)[0]
+            deadline = time.monotonic() + 30
+            while listener_pid(host_socket.with_suffix(".standby")) is None:  # the standby is up: every file made
+                assert time.monotonic() < deadline, sorted(p.name for p in socket_dir().glob(f"{stem}-*"))
+                time.sleep(0.1)
+            assert host_socket.with_suffix(".lock").exists()
+    assert not host_socket.with_suffix(".lock").exists(), "the spawn lock outlived its server"
+    deadline = time.monotonic() + 20  # the host lingers a few seconds, then stops its standby
+    while left := sorted(p.name for p in socket_dir().glob(f"{stem}-*")):
+        assert time.monotonic() < deadline, f"left behind: {left}"
+        time.sleep(0.1)

@@ -145,3 +145,23 @@ def test_a_host_without_a_pid_is_not_watched(state: Path, tmp_path: Path) -> Non
         model.close()
     finally:
         fake.close()
+
+
+def test_a_stopped_servers_files_go_but_a_live_listener_stays(tmp_path: Path) -> None:
+    state = tmp_path / "server"
+    dead, live = socket_path(state, 0), socket_path(state, 1)
+    lock = dead.with_suffix(".lock")
+    lock.touch()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as gone:
+        gone.bind(str(dead))  # closed without unlinking: a killed host's socket
+    other = socket_path(tmp_path / "other-server", 0).with_suffix(".lock")
+    other.touch()
+    listening = FakeHost(live, lambda conn, n: None)  # a host still lingering
+    try:
+        host_client.remove_server_files(state)
+        assert not dead.exists() and not lock.exists()
+        assert live.exists(), "a socket someone listens on is its owner's to remove"
+        assert other.exists(), "another server's files are not ours"
+    finally:
+        listening.close()
+        other.unlink()
