@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from deepplan_backend.runtime.answer import Answer, ModelStatus, setup_summary
-from deepplan_backend.runtime.residency import STATE_DIR_ENV, default_state_dir
+from deepplan_backend.runtime.residency import STATE_DIR_ENV, default_state_dir, process_alive
 
 from . import standby
 from .wire import DTYPES, WireError, recv_message, send_message
@@ -247,7 +247,7 @@ class HostedModel:
                     return sock
                 if self._spawned is not None and self._spawned.poll() is not None:
                     raise HostError(f"engine host exited with code {self._spawned.returncode} before listening")
-                if self._woken is not None and not _alive(self._woken):
+                if self._woken is not None and not process_alive(self._woken):
                     raise HostError(f"standby engine host pid {self._woken} exited before listening")
                 # Start-up only: a new host binds its socket before importing PyTorch, a woken standby at once.
                 time.sleep(0.05 if self._woken is None else 0.005)
@@ -415,16 +415,6 @@ def _retrying(
                 raise
             time.sleep(0.2 * attempt)
     raise AssertionError("unreachable")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _wait_for_exit(pid: int, stop_fd: int) -> bool | None:

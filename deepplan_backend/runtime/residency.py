@@ -123,7 +123,7 @@ def remove_unused_state_dir(folder: Path) -> bool:
             return False  # unreadable: not ours to judge
         models = state.get("models") if isinstance(state, dict) else None
         entries += [e for e in (models or {}).values() if isinstance(e, dict) and isinstance(e.get("pid"), int)]
-    if any(_alive(e["pid"], e.get("start")) for e in entries):
+    if any(process_alive(e["pid"], e.get("start")) for e in entries):
         return False
     shutil.rmtree(folder, ignore_errors=True)
     return not folder.exists()
@@ -180,7 +180,8 @@ def _start_time(pid: int) -> str | None:
     return None if fields is None else fields[19]
 
 
-def _alive(pid: int, start: str | None) -> bool:
+def process_alive(pid: int, start: str | None = None) -> bool:
+    """Whether process `pid` runs (a zombie does not), and is the one that started at `start` when given."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -329,7 +330,7 @@ class _StateFile:
         known = self.alive.get((pid, start))
         if known is not None and now - known[1] < ALIVE_TTL_S:
             return not known[0]
-        alive = _alive(pid, start)
+        alive = process_alive(pid, start)
         if len(self.alive) > 4096:  # pids come and go over a server's life
             self.alive.clear()
         self.alive[(pid, start)] = (alive, now)
