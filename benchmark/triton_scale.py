@@ -99,11 +99,11 @@ def _cmdline(pid: int) -> str:
 def process_memory(server_pid: int) -> dict[str, float]:
     """Resident host memory (MiB) of the server, its stubs, its engine hosts and their standbys (`standby`)."""
     stubs = [int(p) for p in Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()]
-    from deepplan_backend.hosting.host_client import socket_path
+    from deepplan_backend.hosting.host_client import server_digest
     from deepplan_backend.hosting.standby import STANDBY_FLAG
     from deepplan_backend.runtime.residency import server_state_dir
 
-    ours = socket_path(server_state_dir(server_pid), 0).name.split("-")[0]  # the server's digest, any GPU
+    ours = server_digest(server_state_dir(server_pid))  # in every host's --socket, whatever its GPU
     processes = {
         int(p.name): cmd
         for p in Path("/proc").iterdir()

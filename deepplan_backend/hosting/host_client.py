@@ -68,13 +68,17 @@ def socket_dir() -> Path:
     return folder
 
 
-def socket_path(state_dir: Path, target: int) -> Path:
-    """The socket of the host serving GPU `target` for the server whose residency state is `state_dir`.
+def server_digest(state_dir: Path) -> str:
+    """What every host file of the server whose residency state is `state_dir` is named after (``<digest>-...``).
 
-    A digest keeps the path short (Unix socket paths are limited to 107 bytes) and per server.
+    A digest keeps the paths short (Unix socket paths are limited to 107 bytes) and per server.
     """
-    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
-    return socket_dir() / f"{digest}-{target}.sock"
+    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
+
+
+def socket_path(state_dir: Path, target: int) -> Path:
+    """The socket of the host serving GPU `target` for the server whose residency state is `state_dir`."""
+    return socket_dir() / f"{server_digest(state_dir)}-{target}.sock"
 
 
 def remove_server_files(state_dir: Path) -> None:
@@ -84,8 +88,7 @@ def remove_server_files(state_dir: Path) -> None:
     front end may start a host at any time); a host killed without a replacement leaves its socket. A host still
     lingering keeps its socket, a waiting standby its control socket: each removes its own on exit.
     """
-    stem = socket_path(state_dir, 0).name.rsplit("-", 1)[0]  # the server's digest, any GPU
-    for entry in socket_dir().glob(f"{stem}-*"):
+    for entry in socket_dir().glob(f"{server_digest(state_dir)}-*"):
         if entry.suffix == ".lock" or listener_pid(entry) is None:
             entry.unlink(missing_ok=True)
 
