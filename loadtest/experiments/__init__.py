@@ -113,6 +113,11 @@ class Devices:
     gpu_name: str
     all_gpus: bool  # every visible GPU is used: PT may use ``devices auto``
 
+    @property
+    def where(self) -> str:
+        """What the drivers' lines and titles say: ``4 x NVIDIA H200`` or ``CPU``."""
+        return f"{len(self.gpu_ids)} x {self.gpu_name}" if self.gpu_ids else "CPU"
+
 
 def resolve_devices(spec: str) -> Devices:
     """``auto``: every visible GPU (CPU when none); ``cpu``; or GPU ids ``0,1,2``."""

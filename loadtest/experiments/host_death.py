@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("error: on the CPU there is one engine host: --kill-gpu 0")
         return 2
     engine = args.engines[0]
-    where = f"{len(dev.gpu_ids)} x {dev.gpu_name}" if dev.gpu_ids else "CPU"
+    where = dev.where
     say(f"host death: {args.instances} x {args.model} ({engine}) on {where}, {args.rate:g} req/s for "
         f"{args.duration_s:g} s; SIG{args.signal} to GPU {args.kill_gpu}'s host at {args.kill_at_s:g} s")  # fmt: skip
     plans, tmp, mem = point_env(out)

@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         say(f"error: {exc}")
         return 2
-    where = f"{len(dev.gpu_ids)} x {dev.gpu_name} (GPUs {list(dev.gpu_ids)})" if dev.gpu_ids else "CPU"
+    where = f"{dev.where} (GPUs {list(dev.gpu_ids)})" if dev.gpu_ids else dev.where
     say(f"sweep of {args.model}: instances {args.instances}, engines {args.engines}, on {where}")
     plans, tmp, mem = point_env(out)
     rows: list[dict[str, Any]] = []

@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         say(f"error: {exc}")
         return 2
-    where = f"{len(dev.gpu_ids)} x {dev.gpu_name}" if dev.gpu_ids else "CPU"
+    where = dev.where
     seconds = replay_seconds(args.window_minutes, args.time_scale)
     window_s = args.window_s or max(1.0, seconds / 60.0)
     say(
