@@ -57,8 +57,12 @@ class ModelStatus:
     resident_bytes: int = 0
 
 
+def laps_text(laps: Mapping[str, float]) -> str:
+    """'weights 20, plan 3, engine 40': named times (ms), as the set-up lines of the log print them."""
+    return ", ".join(f"{k} {v:.0f}" for k, v in laps.items())
+
+
 def setup_summary(setup_ms: Mapping[str, object]) -> str:
     """'set up in 812 ms (weights 20, plan 3, engine 40, warm_up 749)' from a model's ``setup_ms`` laps."""
     laps = {str(k): float(v) for k, v in setup_ms.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    parts = ", ".join(f"{k} {v:.0f}" for k, v in laps.items())
-    return f"set up in {sum(laps.values()):.0f} ms ({parts})"
+    return f"set up in {sum(laps.values()):.0f} ms ({laps_text(laps)})"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .answer import laps_text
 from .host_store import HostStore
 from .layers import LayerTable, build_layer_table
 from .plan import PlanKey
@@ -74,7 +75,7 @@ def prepare_shared(name_or_path: str, dtype: str = "float32", seed: int = 0) -> 
         if base is None:
             base = prepare(name_or_path, dtype, seed)
             _shared_stores[key] = base
-            laps = ", ".join(f"{k} {v:.0f}" for k, v in base.prepare_ms.items())
+            laps = laps_text(base.prepare_ms)
             print(f"deepplan: host weights of {name_or_path} ({dtype}) prepared: {laps} ms", flush=True)
     module = base.model.module
     keep = {id(t): t for t in (*module.parameters(), *module.buffers())}

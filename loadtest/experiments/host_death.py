@@ -46,6 +46,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from deepplan_backend.runtime.answer import laps_text  # noqa: E402
 from loadtest.experiments import (  # noqa: E402
     Devices,
     add_common_arguments,
@@ -180,8 +181,8 @@ def gpu_rows(
         failed = [r for r in after if not r.ok]
         models_asked = {r.model for r in sent_after}
         back: dict[str, float] = {}  # model -> its first answer to a request sent after the kill
-        for r in answered_after:
-            back[r.model] = min(back.get(r.model, _done_s(r)), _done_s(r))
+        for r in answered_after:  # in completion order: the first one seen is the model's first
+            back.setdefault(r.model, _done_s(r))
         rows.append(
             {
                 "gpu": gpu,
@@ -337,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"replacement logged: {doc['host_lost_logged']}, standby woken: {doc['standby_woken']}")  # fmt: skip
     again = doc["recovery"]
     if again["models_set_up_again"]:
-        phases = ", ".join(f"{k} {v:.0f}" for k, v in again["setup_phase_ms_median"].items())
+        phases = laps_text(again["setup_phase_ms_median"])
         say(f"  {again['models_set_up_again']} models set up again: median {again['setup_ms_median']:.0f} ms "
             f"({phases}), max {again['setup_ms_max']:.0f} ms, {again['setup_ms_sum'] / 1e3:.1f} s in all")  # fmt: skip
     for r in rows:
