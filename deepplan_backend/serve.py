@@ -461,29 +461,25 @@ class TritonServer:
             self._reader.join(timeout=2)
         self._remove_shm_regions()
         self._remove_residency_state()
-        self._remove_host_files()
         return self._proc.returncode if code is None else code
 
     def _remove_residency_state(self) -> None:
-        """Delete this server's default residency folder (``/dev/shm/deepplan-residency-<pid>``) once unused.
+        """Delete this server's default residency folder and its engine hosts' files once unused.
 
-        Its models' processes are gone with the server; an engine host still lingering for a few seconds has
-        unregistered them. A folder named by ``$DEEPPLAN_RESIDENCY_DIR`` is the user's and stays, and so does one
-        that still lists a live owner.
+        The folder is ``/dev/shm/deepplan-residency-<pid>``: its models' processes are gone with the server; an
+        engine host still lingering for a few seconds has unregistered them. The host files are the spawn locks
+        and dead sockets in ``$TMPDIR/deepplan-<uid>/`` (`host_client.remove_server_files`). A folder named by
+        ``$DEEPPLAN_RESIDENCY_DIR`` is the user's and stays (servers given the same one share hosts), and so does
+        one that still lists a live owner.
         """
-        if self._proc is not None and not os.environ.get(STATE_DIR_ENV):
-            remove_unused_state_dir(server_state_dir(self._proc.pid))
+        if self._proc is None or os.environ.get(STATE_DIR_ENV):
+            return
+        state_dir = server_state_dir(self._proc.pid)
+        remove_unused_state_dir(state_dir)
+        from deepplan_backend.hosting.host_client import HostError, remove_server_files
 
-    def _remove_host_files(self) -> None:
-        """Delete this server's engine-host spawn locks and dead sockets (``$TMPDIR/deepplan-<uid>/``).
-
-        Only for the default residency folder: servers given the same ``$DEEPPLAN_RESIDENCY_DIR`` share hosts.
-        """
-        if self._proc is not None and not os.environ.get(STATE_DIR_ENV):
-            from deepplan_backend.hosting.host_client import HostError, remove_server_files
-
-            with contextlib.suppress(HostError, OSError):  # a foreign socket folder: leave it to its owner
-                remove_server_files(server_state_dir(self._proc.pid))
+        with contextlib.suppress(HostError, OSError):  # a foreign socket folder: leave it to its owner
+            remove_server_files(state_dir)
 
     def _remove_shm_regions(self) -> None:
         """Delete this launch's Python-backend regions left in /dev/shm (1 MiB or more each).
