@@ -38,11 +38,16 @@ class _HostPointer:
 class HostStore:
     """Pinned (when CUDA is present) packed copy of a model's tensors, plus per-layer views into it."""
 
-    def __init__(self, table: LayerTable, buffer: torch.Tensor) -> None:
+    def __init__(self, table: LayerTable, buffer: torch.Tensor, pinned: bool | None = None) -> None:
+        """A store over `buffer`; `pinned` says whether it is page-locked (by default the tensor's allocator is asked).
+
+        A mapped weights image is registered by hand, which the allocator may not know of.
+        """
         if buffer.dtype != torch.uint8 or buffer.numel() < table.total_bytes:
             raise ValueError("host buffer must be uint8 and hold the whole packed layout")
         self.table = table
         self.buffer = buffer
+        self._pinned = pinned
         self._dha: dict[int, torch.Tensor] = {}
 
     @classmethod
@@ -53,8 +58,14 @@ class HostStore:
         """
         if pin is None:
             pin = torch.cuda.is_available()
-        buffer = torch.empty(max(table.total_bytes, 1), dtype=torch.uint8, pin_memory=pin)
-        store = cls(table, buffer)
+        return cls.pack_into(root, table, torch.empty(max(table.total_bytes, 1), dtype=torch.uint8, pin_memory=pin))
+
+    @classmethod
+    def pack_into(
+        cls, root: nn.Module, table: LayerTable, buffer: torch.Tensor, pinned: bool | None = None
+    ) -> HostStore:
+        """`pack` into a given buffer (e.g. a weights image's mapping); `pinned` as for the constructor."""
+        store = cls(table, buffer, pinned)
         modules = dict(root.named_modules())
         for layer in table:
             module = modules[layer.name]
@@ -70,7 +81,7 @@ class HostStore:
     @property
     def pinned(self) -> bool:
         """Whether the buffer is page-locked (required for async copies and DHA)."""
-        return bool(self.buffer.is_pinned())
+        return self._pinned if self._pinned is not None else bool(self.buffer.is_pinned())
 
     def layer_range(self, index: int) -> tuple[int, int]:
         """Byte range [start, end) of layer `index` in the packed buffer."""

@@ -1,7 +1,8 @@
 """A model made ready for cold starts: built (or loaded), traced into a layer table, packed into host memory.
 
 Identical weights are packed once per process: several served instances of the same (source, dtype, seed)
-share one pinned host copy, which is what lets a server hold hundreds of instances of one model.
+share one pinned host copy, which is what lets a server hold hundreds of instances of one model. With a weights
+image (`weights_image`), they are packed once per server: the other processes map the first one's copy.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -18,7 +20,8 @@ from .answer import laps_text
 from .host_store import HostStore
 from .layers import LayerTable, build_layer_table
 from .plan import PlanKey
-from .zoo import ZooModel, load_model
+from .weights_image import ImageError, ImageKey, WeightsImage, remove_image
+from .zoo import ZooModel, load_model, source_identity
 
 TRACE_SEQ_LEN = 8
 """Sequence length of the forward that observes layer order: order does not depend on length, cost does."""
@@ -32,7 +35,18 @@ class PreparedModel:
     table: LayerTable
     store: HostStore
     prepare_ms: dict[str, float] = dataclasses.field(default_factory=dict)
-    """Where `prepare` spent its time: build (with the imports it triggers), table, pack (pinning included)."""
+    """Where `prepare` spent its time: build (with the imports it triggers), table, pack (pinning included); or,
+    from an image: map, skeleton, bind, pin."""
+    image: WeightsImage | None = None
+    """The weights image the host store lives in, if any (released with the last user of these weights)."""
+
+    @property
+    def origin(self) -> str:
+        """How the host store came to be, for the log: prepared here, or prepared in / mapped from an image."""
+        if self.image is None:
+            return "prepared"
+        verb = "mapped from" if "map" in self.prepare_ms else "prepared in"
+        return f"{verb} image {self.image.path.name}"
 
     @property
     def fingerprint(self) -> str:
@@ -59,28 +73,153 @@ def prepare(name_or_path: str, dtype: str = "float32", seed: int = 0, pin: bool 
     return PreparedModel(model, table, store, {k: v * 1e3 for k, v in laps.items()})
 
 
+def prepare_imaged(folder: Path, name_or_path: str, dtype: str = "float32", seed: int = 0) -> PreparedModel:
+    """Like `prepare`, with the host store in a weights image in `folder`: mapped if one exists, else built into one.
+
+    Mapping builds only the module's skeleton (no weights) and binds it to the image. An unusable image is built
+    again; one that cannot be made (shared memory full) falls back to a private copy, with a message.
+    """
+    key = ImageKey(source_identity(name_or_path), dtype, seed)
+    start = time.perf_counter()
+    mapped = _open_image(folder, key)
+    if mapped is None:
+        with WeightsImage.building(folder, key):
+            mapped = _open_image(folder, key)  # built by another process while we waited
+            if mapped is None:
+                return _build_image(folder, key, name_or_path, dtype, seed)
+    opened = time.perf_counter()
+    try:
+        model = load_model(name_or_path, dtype=dtype, seed=seed, skeleton=True)
+        built = time.perf_counter()
+        store = HostStore(mapped.table, mapped.buffer, pinned=torch.cuda.is_available())
+        store.bind_host(model.module)
+        _check_bound(model.module)
+        bound = time.perf_counter()
+        mapped.pin()
+    except (ImageError, OSError) as exc:
+        mapped.release()
+        print(
+            f"deepplan: weights image of {name_or_path} not used ({exc}); this process packs its own copy", flush=True
+        )
+        return prepare(name_or_path, dtype, seed)
+    except BaseException:
+        mapped.release()
+        raise
+    laps = {
+        "map": opened - start,
+        "skeleton": built - opened,
+        "bind": bound - built,
+        "pin": time.perf_counter() - bound,
+    }
+    return PreparedModel(model, mapped.table, store, {k: v * 1e3 for k, v in laps.items()}, image=mapped)
+
+
+def _open_image(folder: Path, key: ImageKey) -> WeightsImage | None:
+    """The mapped image, or None; an unusable one is deleted (under the build lock) so that it is built again."""
+    try:
+        return WeightsImage.open(folder, key)
+    except ImageError as exc:
+        print(f"deepplan: weights image {key.digest} unusable ({exc}); building it again", flush=True)
+        with WeightsImage.building(folder, key):
+            remove_image(folder, key)
+        return None
+
+
+def _build_image(folder: Path, key: ImageKey, name_or_path: str, dtype: str, seed: int) -> PreparedModel:
+    """Build the model and pack it into a new image (holding the build lock), or into a private buffer."""
+    start = time.perf_counter()
+    model = load_model(name_or_path, dtype=dtype, seed=seed)
+    built = time.perf_counter()
+    trace = model.example_inputs(1, min(TRACE_SEQ_LEN, model.max_seq_len), seed=seed)
+    table = build_layer_table(model.module, trace)
+    traced = time.perf_counter()
+    packed = _pack_into_new_image(folder, key, model, table)
+    store, image = packed if packed is not None else (HostStore.pack(model.module, table), None)
+    laps = {"build": built - start, "table": traced - built, "pack": time.perf_counter() - traced}
+    return PreparedModel(model, table, store, {k: v * 1e3 for k, v in laps.items()}, image=image)
+
+
+def _pack_into_new_image(
+    folder: Path, key: ImageKey, model: ZooModel, table: LayerTable
+) -> tuple[HostStore, WeightsImage] | None:
+    """Pack `model` into a new, published image; None (with a message) where shared memory or pinning says no."""
+    try:
+        image = WeightsImage.create(folder, key, table)
+    except OSError as exc:  # e.g. /dev/shm too small (a container's default is 64 MiB)
+        print(f"deepplan: no weights image for {model.name} ({exc}); this process packs its own copy", flush=True)
+        return None
+    try:
+        image.pin()
+        store = HostStore.pack_into(model.module, table, image.buffer, pinned=torch.cuda.is_available())
+        image.publish(key)
+    except OSError as exc:  # page-locking refused (memlock limit, ...): the module still holds its own tensors
+        image.discard()
+        print(f"deepplan: no weights image for {model.name} ({exc}); this process packs its own copy", flush=True)
+        return None
+    except BaseException:
+        image.discard()
+        raise
+    return store, image
+
+
+def _check_bound(module: torch.nn.Module) -> None:
+    """Every tensor of a skeleton bound to the image: a meta tensor left means the image misses part of the model."""
+    for name, tensor in (*module.named_parameters(), *module.named_buffers()):
+        if tensor.is_meta:
+            raise ImageError(f"the image holds no bytes for {name}")
+
+
+@dataclass
+class _Shared:
+    prepared: PreparedModel
+    users: int = 0
+
+
 _shared_lock = threading.Lock()
-_shared_stores: dict[tuple[str, str, int], PreparedModel] = {}
+_shared_stores: dict[tuple[str, str, int], _Shared] = {}
 
 
-def prepare_shared(name_or_path: str, dtype: str = "float32", seed: int = 0) -> PreparedModel:
-    """Like `prepare`, but instances with the same weights share one packed host store.
+def prepare_shared(
+    name_or_path: str, dtype: str = "float32", seed: int = 0, image_folder: Path | None = None
+) -> PreparedModel:
+    """Like `prepare`, but instances with the same weights share one packed host store (give it back: `release_shared`).
 
     Each call gets its own module object (an engine rebinds its module's tensors to its own device bytes), but
-    the clone's tensors are the shared host views, so N instances cost one host copy of the weights.
+    the clone's tensors are the shared host views, so N instances cost one host copy of the weights. With
+    `image_folder`, that copy is a weights image that the server's other processes map too (`prepare_imaged`).
     """
     key = (name_or_path, dtype, seed)
     with _shared_lock:
-        base = _shared_stores.get(key)
-        if base is None:
-            base = prepare(name_or_path, dtype, seed)
-            _shared_stores[key] = base
+        entry = _shared_stores.get(key)
+        if entry is None:
+            if image_folder is None:
+                base = prepare(name_or_path, dtype, seed)
+            else:
+                base = prepare_imaged(image_folder, name_or_path, dtype, seed)
+            entry = _shared_stores[key] = _Shared(base)
             laps = laps_text(base.prepare_ms)
-            print(f"deepplan: host weights of {name_or_path} ({dtype}) prepared: {laps} ms", flush=True)
+            print(f"deepplan: host weights of {name_or_path} ({dtype}) {base.origin}: {laps} ms", flush=True)
+        entry.users += 1
+    base = entry.prepared
     module = base.model.module
     keep = {id(t): t for t in (*module.parameters(), *module.buffers())}
     clone = copy.deepcopy(module, memo=dict(keep))
-    return PreparedModel(dataclasses.replace(base.model, module=clone), base.table, base.store)
+    return PreparedModel(dataclasses.replace(base.model, module=clone), base.table, base.store, image=base.image)
+
+
+def release_shared(name_or_path: str, dtype: str = "float32", seed: int = 0) -> None:
+    """One user of `prepare_shared`'s weights is gone; the last one releases them (and their image, if any)."""
+    key = (name_or_path, dtype, seed)
+    with _shared_lock:
+        entry = _shared_stores.get(key)
+        if entry is None:
+            return
+        entry.users -= 1
+        if entry.users > 0:
+            return
+        del _shared_stores[key]
+    if entry.prepared.image is not None:
+        entry.prepared.image.release()
 
 
 def gpu_name(device: torch.device) -> str:

@@ -34,10 +34,11 @@ from .engine import ColdStartEngine, InferenceResult
 from .path_policy import PathPolicy, PathPolicyError
 from .plan import ENGINES, Plan, PlanError
 from .plan_repository import load_plan, plan_path, save_plan
-from .prepared import PreparedModel, gpu_name, prepare_shared
+from .prepared import PreparedModel, gpu_name, prepare_shared, release_shared
 from .residency import BUDGET_ENV, DEFAULT_RESERVE_BYTES, WAIT_TIMEOUT_S, Residency, RoomBusy, default_state_dir
 from .schedules import schedule_for
 from .transfer import DeviceError, resolve_devices
+from .weights_image import images_enabled
 from .zoo import IMAGE_SIZE, ZOO, parse_dtype
 
 PLAN_DIR_ENV = "DEEPPLAN_PLAN_REPOSITORY"
@@ -357,7 +358,24 @@ class ServedModel:
         mark = time.perf_counter()
         self.devices = choose_devices(settings, instance_device)
         mark = _lap(self.setup_ms, "devices", mark)  # a new process's CUDA start-up shows here
-        self.prepared = prepare_shared(settings.model, settings.dtype, settings.seed)
+        state_dir = residency.state_dir if residency is not None else settings.residency_dir or default_state_dir()
+        images = state_dir / "weights" if images_enabled(state_dir) else None
+        self.prepared = prepare_shared(settings.model, settings.dtype, settings.seed, image_folder=images)
+        try:
+            self._set_up(settings, key, mark, residency, device_runner)
+        except BaseException:  # the weights' other users keep them; this load's share goes
+            release_shared(settings.model, settings.dtype, settings.seed)
+            raise
+
+    def _set_up(
+        self,
+        settings: ServeSettings,
+        key: str,
+        mark: float,
+        residency: Residency | None,
+        device_runner: DeviceRunner | None,
+    ) -> None:
+        """`__init__` once the host weights are there: plan, engine, residency registration, warm-up."""
         mark = _lap(self.setup_ms, "weights", mark)
         self.model = self.prepared.model
         if settings.seq_len is not None and settings.seq_len > self.model.max_seq_len:
@@ -686,3 +704,4 @@ class ServedModel:
                 self.engine.close()
         finally:
             self.residency.unregister(self.key)
+            release_shared(self.settings.model, self.settings.dtype, self.settings.seed)

@@ -11,6 +11,7 @@ engines and for the plain `transformers` reference:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -191,7 +192,7 @@ def _build_from_config(spec: ModelSpec) -> nn.Module:
     return model_cls(config)
 
 
-def _build_from_checkpoint(path: Path) -> tuple[nn.Module, str]:
+def _build_from_checkpoint(path: Path, skeleton: bool = False) -> tuple[nn.Module, str]:
     import transformers
 
     config_file = path / "config.json"
@@ -210,20 +211,27 @@ def _build_from_checkpoint(path: Path) -> tuple[nn.Module, str]:
         "gpt2": transformers.GPT2LMHeadModel,
     }[family]
     # trust_remote_code stays off: a checkpoint folder is data, never code.
+    if skeleton:
+        config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        with torch.device("meta"):
+            return model_cls(config), family
     return model_cls.from_pretrained(str(path), trust_remote_code=False), family
 
 
-def load_model(name_or_path: str, dtype: str = "float32", seed: int = 0) -> ZooModel:
+def load_model(name_or_path: str, dtype: str = "float32", seed: int = 0, skeleton: bool = False) -> ZooModel:
     """Build a zoo model with seeded weights, or load a local checkpoint folder; eval mode, on CPU.
 
-    The same name, dtype and seed give bit-identical weights on every run.
+    The same name, dtype and seed give bit-identical weights on every run. With `skeleton`, the module is built on
+    the meta device (no weights made or read, in milliseconds): its tensors must then all be bound to real ones,
+    e.g. views of a mapped weights image.
     """
     dtype = parse_dtype(dtype)
     spec = ZOO.get(name_or_path)
     if spec is not None:
         with torch.random.fork_rng(devices=[]):  # seed the weights without disturbing the caller's generator
             torch.manual_seed(seed)
-            inner = _build_from_config(spec)
+            with torch.device("meta") if skeleton else contextlib.nullcontext():
+                inner = _build_from_config(spec)
         family, default_seq, source = spec.family, spec.default_seq_len, f"zoo:{spec.name}"
         name = spec.name
     else:
@@ -231,7 +239,7 @@ def load_model(name_or_path: str, dtype: str = "float32", seed: int = 0) -> ZooM
         if not path.exists():
             known = ", ".join(ZOO)
             raise ModelSourceError(f"unknown model {name_or_path!r}: not a zoo name ({known}) nor an existing folder")
-        inner, family = _build_from_checkpoint(path)
+        inner, family = _build_from_checkpoint(path, skeleton)
         default_seq = 1 if family == "resnet" else 128
         source, name = f"checkpoint:{path.resolve()}", path.name
     inner = inner.to(DTYPES[dtype]).eval()
@@ -252,3 +260,21 @@ def load_model(name_or_path: str, dtype: str = "float32", seed: int = 0) -> ZooM
         max_seq_len=max_seq,
         source=source,
     )
+
+
+def source_identity(name_or_path: str) -> str:
+    """What a model's weights are made from, as text that changes when they would: what a weights image is keyed by.
+
+    A zoo entry: its name and config (the seeded weights follow from them). A checkpoint folder: its resolved path
+    and every file's name, size and modification time (a re-saved checkpoint is a new source).
+    """
+    spec = ZOO.get(name_or_path)
+    if spec is not None:
+        return f"zoo:{spec.name}:{json.dumps(dict(spec.config), sort_keys=True)}"
+    path = Path(name_or_path).resolve()
+    if not path.is_dir():
+        raise ModelSourceError(
+            f"unknown model {name_or_path!r}: not a zoo name ({', '.join(ZOO)}) nor an existing folder"
+        )
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
+    return f"checkpoint:{path}:{json.dumps(files)}"

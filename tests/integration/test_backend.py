@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from deepplan_backend.repository import config_pbtxt, write_model
-from deepplan_backend.runtime.residency import Residency
+from deepplan_backend.runtime.residency import Residency, scratch_state_dir
 from tests.plain_outputs import plain_output
 from tests.triton_server import running_triton
 
@@ -37,7 +37,13 @@ BERTS = ("bert-a", "bert-b", "bert-c")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("backend")
-    repo, plans, state = root / "repo", root / "plans", root / "residency"
+    repo, plans = root / "repo", root / "plans"
+    # The residency folder in memory, as a server's default one: the host weights go into images there.
+    with scratch_state_dir("deepplan-test-backend-") as state_name:
+        yield from _serve(repo, plans, Path(state_name))
+
+
+def _serve(repo: Path, plans: Path, state: Path):
     common = {"plan_repository": str(plans), "residency_dir": str(state), "budget": str(BUDGET)}
     for name in BERTS:
         write_model(repo, name, config_pbtxt(name, "tiny-bert", parameters={**common, "engine": "pipeline"}))
@@ -50,6 +56,10 @@ def server(tmp_path_factory):
         mp.setenv("DEEPPLAN_ALLOWED_ROOTS", f"{plans}:{state}")
         with running_triton(repo, ready_timeout_s=120) as srv:
             yield Served(srv, state, plans)
+    deadline = time.monotonic() + 20  # the engine host closes its models once their front ends unregistered
+    while list((state / "weights").glob("*.img")):
+        assert time.monotonic() < deadline, "weights images outlived the server's models"
+        time.sleep(0.1)
 
 
 class Served:
@@ -315,6 +325,8 @@ def test_killed_engine_host_leaks_no_budget_and_server_recovers(server):
     log = server.srv.log()
     assert "Fatal Python error: Segmentation fault" in log, "the dying host printed no stacks"
     assert "(its host was lost)" in log, "no front end said that it replaced the lost host"
+    # The dead host's weights images outlive it: its replacement maps them instead of building them again.
+    assert "host weights of tiny-bert (float32) mapped from image" in log
     snap = Residency(server.state_dir).snapshot()
     assert sum(e["bytes"] for e in snap["models"].values()) <= BUDGET
     client = tritonclient_http.InferenceServerClient(server.http_url)

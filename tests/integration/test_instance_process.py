@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from deepplan_backend.repository import config_pbtxt, write_model
-from deepplan_backend.runtime.residency import Residency
+from deepplan_backend.runtime.residency import Residency, scratch_state_dir
 from tests.plain_outputs import plain_output
 from tests.triton_server import running_triton
 
@@ -31,7 +32,15 @@ MODELS = ("inst-a", "inst-b")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("instance")
-    repo, plans, state = root / "repo", root / "plans", root / "residency"
+    repo, plans = root / "repo", root / "plans"
+    # The residency folder in memory, as a server's default one: the stubs share one weights image there.
+    with scratch_state_dir("deepplan-test-instance-") as state_name:
+        state = Path(state_name)
+        yield from _serve(repo, plans, state)
+        assert not list((state / "weights").glob("*.img")), "the stubs' weights image outlived them"
+
+
+def _serve(repo: Path, plans: Path, state: Path):
     params = {"plan_repository": str(plans), "residency_dir": str(state), "budget": str(BUDGET),
               "engine": "pipeline", "process": "instance"}  # fmt: skip
     for name in MODELS:
@@ -69,6 +78,15 @@ def _settled(srv, model: str, timeout_s: float = 2.0) -> dict:
         assert time.monotonic() < deadline, f"{model} stayed in use after its response: the release never came"
         time.sleep(0.01)
     return entry
+
+
+def test_instance_stubs_map_one_weights_image(server):
+    """Each stub holds its own engine but not its own host copy: both map the one image of tiny-bert's weights."""
+    (image,) = (server.state_dir / "weights").glob("*.img")
+    pids = {e["pid"] for e in _entries(server).values()}
+    assert len(pids) == 2
+    for pid in pids:
+        assert str(image) in Path(f"/proc/{pid}/maps").read_text(), f"stub {pid} does not map {image.name}"
 
 
 def test_instance_models_evict_each_other_and_release_after_answering(server):
