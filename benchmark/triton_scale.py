@@ -7,9 +7,10 @@ A point ``PROCESS:N`` starts the real ``tritonserver`` with N deepplan models of
 over the GPUs (``process: shared``: engine hosts per GPU; ``instance``: each Triton stub does its own device
 work), waits until all are ready, and records the GPUs' used memory (``nvidia-smi``) before the start, after
 every model is loaded (nothing resident yet), and after one request to every model (resident models capped by
-the per-GPU budget), plus the host memory of the server's processes. Every answer is compared with the plain
-model computed here. Per added model = (used after load at N2 - at N1) / (N2 - N1) for two points of one
-process mode: device memory a model costs beyond its resident weights.
+the per-GPU budget), plus the host memory of the server's processes (RSS by kind of process, and the sum of their
+PSS, which counts a page shared by several processes once: a weights image mapped by every stub). Every answer
+is compared with the plain model computed here. Per added model = (used after load at N2 - at N1) / (N2 - N1) for
+two points of one process mode: device memory a model costs beyond its resident weights.
 
 Outputs: ``<out>/scale.csv`` and ``.json`` (one row per point), ``<out>/scale.png`` (GPU memory against the
 number of models, per process mode), each point's server log in ``<out>/<process>-n<N>.log``; a table at the
@@ -55,6 +56,7 @@ COLUMNS = (
     "hosts_rss_mib",
     "standby_hosts",
     "standbys_rss_mib",
+    "pss_total_mib",
     "answers",
     "errors",
     "wrong",
@@ -83,6 +85,21 @@ def _rss_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _pss_mib(pid: int) -> float:
+    """The process's proportional set size: shared pages (a weights image, libraries) split between their users.
+
+    The sum over a server's processes is the host memory they hold together; the RSS sum counts a page mapped by
+    N processes N times.
+    """
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -121,6 +138,7 @@ def process_memory(server_pid: int) -> dict[str, float]:
         "hosts_rss_mib": sum(_rss_mib(p) for p in hosts),
         "standby_hosts": len(standbys),
         "standbys_rss_mib": sum(_rss_mib(p) for p in standbys),
+        "pss_total_mib": sum(_pss_mib(p) for p in (server_pid, *stubs, *hosts, *standbys)),
     }
 
 
@@ -337,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gpu_used_loaded_mib",
         "gpu_used_served_mib",
         "stub_rss_mib_median",
+        "pss_total_mib",
         "engine_hosts",
         "answers",
         "wrong",

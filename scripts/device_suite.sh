@@ -5,6 +5,7 @@
 # (default $OUT, else results/device), tarred at the end. Wheels: scripts/device_wheels.sh, installed first.
 #   scripts/device_suite.sh [STEP ...]     steps: tests triton triton_eager triton_instance engine fig10 scale
 #                                          fig12 limit limit_eager residency host_death host_death_no_standby
+#                                          host_death_no_images
 #                                          (default: all but limit_eager, residency and the host_death ones)
 # SUITE_BUDGET_S (default 580): the whole run's limit; a step gets at most what is left of it, minus 15 s for
 # the tar, so that a device call's own limit never kills the run before its logs are packed.
@@ -51,7 +52,7 @@ run() {  # run NAME SECONDS CMD...
 }
 for step in $steps; do
     case $step in
-        tests) run gpu_tests 150 python3 -m pytest -q -rs tests/gpu ;;
+        tests) run gpu_tests 150 env DEEPPLAN_GPU_REPORT_DIR="$L" python3 -m pytest -q -rs tests/gpu ;;
         triton) run triton_coldstart 240 python3 -m benchmark.triton_coldstart --out "$L/triton" \
             --models bert-base resnet50 --instances 8 --budget 2GiB ;;
         triton_eager) run triton_coldstart_eager 240 python3 -m benchmark.triton_coldstart --eager \
@@ -86,9 +87,12 @@ for step in $steps; do
         # CPU only (the device host's cores, not the GPUs): the residency's state-file layout, 4 hosts at once.
         residency) run residency_layout 90 python3 -m benchmark.residency_layout --hosts 4 \
             -o "$L/residency_layout.csv" ;;
-        # host_death_no_standby: the same with DEEPPLAN_STANDBY=0 (a new process replaces the host: the baseline).
+        # host_death_no_standby: the same with DEEPPLAN_STANDBY=0 (a new process replaces the host: the baseline);
+        # host_death_no_images: with the standby but DEEPPLAN_WEIGHT_IMAGES=0 (the replacement builds the weights).
         # shellcheck disable=SC2086  # HOST_DEATH_ARGS is a list of options
-        host_death|host_death_no_standby) run "$step" 300 env DEEPPLAN_STANDBY="$([ "$step" = host_death ] && echo 1 || echo 0)" \
+        host_death|host_death_no_standby|host_death_no_images) run "$step" 300 \
+            env DEEPPLAN_STANDBY="$([ "$step" = host_death_no_standby ] && echo 0 || echo 1)" \
+            DEEPPLAN_WEIGHT_IMAGES="$([ "$step" = host_death_no_images ] && echo 0 || echo 1)" \
             python3 -m loadtest.experiments.host_death --model bert-base --duration-s 20 --kill-at-s 8 \
             --drain-s 5 --warmup-s 2 --budget 2GiB --out "$L/$step" \
             ${HOST_DEATH_ARGS:---instances 80 --engines deepplan+pt --rate 100} ;;

@@ -235,6 +235,9 @@ def plot_host_death(
 
 
 _SETUP_AGAIN = re.compile(r"registered again with engine host pid \d+, set up in ([\d.]+) ms \(([^)]*)\)")
+_HOST_WEIGHTS = re.compile(
+    r"host weights of (\S+) \(\w+\) (prepared in image|mapped from image|prepared)[^:]*: (.*) ms"
+)
 
 
 def recovery_setups(log: str) -> dict[str, Any]:
@@ -247,19 +250,30 @@ def recovery_setups(log: str) -> dict[str, Any]:
     phases: dict[str, list[float]] = {}
     for match in _SETUP_AGAIN.finditer(log):
         totals.append(float(match.group(1)))
-        for part in match.group(2).split(", "):
-            name, _, value = part.rpartition(" ")
-            if name:
-                phases.setdefault(name, []).append(float(value))
+        for name, value in _laps(match.group(2)).items():
+            phases.setdefault(name, []).append(value)
+    # Every host's host-weights line, in log order: the replacement's says whether it mapped the dead host's image.
+    weights = [{"model": m[1], "origin": m[2], "laps_ms": _laps(m[3])} for m in _HOST_WEIGHTS.finditer(log)]
     if not totals:
-        return {"models_set_up_again": 0}
+        return {"models_set_up_again": 0, "host_weights": weights}
     return {
         "models_set_up_again": len(totals),
         "setup_ms_median": percentile(totals, 50),
         "setup_ms_max": max(totals),
         "setup_ms_sum": sum(totals),
         "setup_phase_ms_median": {k: percentile(v, 50) for k, v in phases.items()},
+        "host_weights": weights,
     }
+
+
+def _laps(text: str) -> dict[str, float]:
+    """'weights 100, warm_up 200' (`answer.laps_text`) back to named times."""
+    laps = {}
+    for part in text.split(", "):
+        name, _, value = part.rpartition(" ")
+        if name:
+            laps[name] = float(value)
+    return laps
 
 
 def gpu_names(names: Sequence[str], dev: Devices) -> dict[str, str]:

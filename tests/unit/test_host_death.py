@@ -66,9 +66,15 @@ def test_recovery_setups_are_read_from_the_log() -> None:
         "deepplan: m0#ab: registered again with engine host pid 9, set up in 300 ms (weights 100, warm_up 200)\n"
         "deepplan: m1 ready: ... device empty; set up in 999 ms (weights 999)\n"  # a load, not a recovery
         "deepplan: m1#cd: registered again with engine host pid 9, set up in 500 ms (weights 0, warm_up 500)\n"
+        "deepplan: host weights of bert-base (float32) prepared in image 0a.img: build 890, table 20, pack 280 ms\n"
+        "deepplan: host weights of bert-base (float32) mapped from image 0a.img: map 0, skeleton 30, pin 150 ms\n"
     )
     doc = recovery_setups(log)
+    assert [(w["origin"], w["laps_ms"]) for w in doc["host_weights"]] == [
+        ("prepared in image", {"build": 890, "table": 20, "pack": 280}),
+        ("mapped from image", {"map": 0, "skeleton": 30, "pin": 150}),
+    ]
     assert doc["models_set_up_again"] == 2
     assert doc["setup_ms_max"] == 500 and doc["setup_ms_sum"] == 800
     assert doc["setup_phase_ms_median"] == {"weights": 0, "warm_up": 200}  # nearest-rank medians
-    assert recovery_setups("nothing here") == {"models_set_up_again": 0}
+    assert recovery_setups("nothing here") == {"models_set_up_again": 0, "host_weights": []}
