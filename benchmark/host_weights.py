@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from deepplan_backend.runtime.residency import state_base
 
@@ -62,7 +63,7 @@ print(json.dumps({"total_ms": total, "laps_ms": p.prepare_ms, "origin": origin, 
 """
 
 
-def measure(mode: str, model: str, dtype: str, folder: Path) -> dict[str, object]:
+def measure(mode: str, model: str, dtype: str, folder: Path) -> dict[str, Any]:
     """One fresh process making `model`'s host weights ready in `mode`; its JSON line.
 
     An `image_build` process leaves its image behind (a process that exits without releasing keeps it for the
@@ -81,10 +82,8 @@ def measure(mode: str, model: str, dtype: str, folder: Path) -> dict[str, object
     return result
 
 
-def _median_laps(results: list[dict[str, object]]) -> dict[str, float]:
-    names = results[0]["laps_ms"]
-    assert isinstance(names, dict)
-    return {k: round(statistics.median(float(r["laps_ms"][k]) for r in results), 2) for k in names}  # type: ignore[index]
+def _median_laps(results: list[dict[str, Any]]) -> dict[str, float]:
+    return {k: round(statistics.median(float(r["laps_ms"][k]) for r in results), 2) for k in results[0]["laps_ms"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,13 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     host = f"{platform.node()} ({platform.processor() or platform.machine()})"
     records = []
     for model in args.models:
-        runs: dict[str, list[dict[str, object]]] = {m: [] for m in MODES}
+        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
         for i in range(args.repeat):
             with tempfile.TemporaryDirectory(prefix="deepplan-bench-images-", dir=state_base()) as d:
                 for mode in MODES:  # image_map maps the image image_build left
                     runs[mode].append(measure(mode, model, args.dtype, Path(d)))
                     print(f"{model} #{i + 1} {mode}: {float(runs[mode][-1]['total_ms']):.0f} ms", flush=True)
-        ms = {m: statistics.median(float(r["total_ms"]) for r in runs[m]) for m in MODES}  # type: ignore[arg-type]
+        ms = {m: statistics.median(float(r["total_ms"]) for r in runs[m]) for m in MODES}
         records.append({
             "model": model, "dtype": args.dtype, "device": device, "bytes": runs["private"][0]["bytes"],
             "private_ms": ms["private"], "image_build_ms": ms["image_build"], "image_map_ms": ms["image_map"],
