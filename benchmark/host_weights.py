@@ -8,9 +8,9 @@ For each model, fresh processes (as an engine host or a stub is) make the host w
 - ``image_build``: the same, packed into a new weights image in shared memory (the first process of a server);
 - ``image_map``: map that image, bind a skeleton module to it and page-lock it (every other process, and the
   replacement of a host that died).
-Each process imports first and, on a GPU, creates its CUDA context before the clock starts: those are paid
-either way. Times are medians over ``--repeat`` processes; ``speedup`` is ``private`` over ``image_map``, in the
-same run. The image folder is a scratch folder in /dev/shm, removed at the end.
+Each process imports first (what a standby host preloads) and, on a GPU, creates its CUDA context before the
+clock starts: those are paid either way. Times are medians over ``--repeat`` processes; ``speedup`` is ``private``
+over ``image_map``, in the same run. The image folder is a scratch folder in /dev/shm, removed at the end.
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ _CHILD = """
 import json, sys, time
 from pathlib import Path
 import torch
+from deepplan_backend.hosting.standby import preload_imports
 from deepplan_backend.runtime.prepared import prepare, prepare_imaged
 mode, model, dtype, folder = sys.argv[1:5]
+preload_imports()  # as an engine host or its standby has done before its models register
 if torch.cuda.is_available():
     torch.cuda.init(); torch.empty(1, device="cuda")  # the context is paid either way: not timed
 start = time.perf_counter()

@@ -90,7 +90,7 @@ def wait_to_be_woken(host_socket: Path, host_pid: int) -> bool:
     """
     path = control_path(host_socket)
     signal.signal(signal.SIGTERM, _exit_on_term)  # stopped by its host: remove the control socket on the way out
-    threading.Thread(target=_preload, name="deepplan-standby-preload", daemon=True).start()
+    threading.Thread(target=preload_imports, name="deepplan-standby-preload", daemon=True).start()
     try:
         pidfd: int | None = os.pidfd_open(host_pid)
     except ProcessLookupError:
@@ -135,7 +135,7 @@ def _serve_wake(server: socket.socket, pidfd: int | None) -> bool:
                     continue
 
 
-def _preload() -> None:
+def preload_imports() -> None:
     """Import what every registration needs, so that a woken standby skips it (seconds on a fresh process)."""
     try:
         import transformers

@@ -104,7 +104,9 @@ class WeightsImage:
         self.path = path
         self.table = table
         self._fd = fd
-        self._map = mmap.mmap(fd, data_offset + max(table.total_bytes, 1), mmap.MAP_SHARED)
+        # Populated now, at load: else every page of the weights faults in on its first read, inside a cold start.
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        self._map = mmap.mmap(fd, data_offset + max(table.total_bytes, 1), flags)
         # The tensor keeps the mapping alive: the map object cannot close while a buffer export exists.
         self.buffer = torch.frombuffer(
             self._map, dtype=torch.uint8, offset=data_offset, count=max(table.total_bytes, 1)
