@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
+import queue
 import select
 import socket
 import subprocess
@@ -69,6 +70,10 @@ class _Host:
         self._stall_report = StallReport.from_environment()
         self._standby: subprocess.Popen[bytes] | None = None
         self._standby_lock = threading.Lock()
+        self._device_jobs = 0  # submitted to the device thread and not done
+        self._device_idle = threading.Condition()
+        self._deferred: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._warmer: threading.Thread | None = None
 
     def serve_forever(self) -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
@@ -107,7 +112,46 @@ class _Host:
 
     def _on_device_thread(self, fn: Callable[[], Any]) -> Any:
         report = self._stall_report
-        return self.worker.submit(fn if report is None else lambda: report.run(fn)).result()
+        with self._device_idle:
+            self._device_jobs += 1
+        try:
+            return self.worker.submit(fn if report is None else lambda: report.run(fn)).result()
+        finally:
+            with self._device_idle:
+                self._device_jobs -= 1
+                if self._device_jobs == 0:
+                    self._device_idle.notify_all()
+
+    def _warm_up_later(self, served: Any) -> None:
+        """Queue a registered model's warm-up for when the device thread has nothing else to do.
+
+        A replacement host registers every model of the dead one at once, while their requests wait. Warmed up at
+        registration, one after another on the device thread, each model came back only after the warm-ups of
+        those registered before it (session 14, 1 x H100: 0.8 s median of warm-up inside a 1.7 s set-up). Now a
+        model serves as soon as it is registered; its warm-up runs when no request is on the device, and not at
+        all if a request came first (that request paid the one-time costs).
+        """
+        self._deferred.put(served)
+        with self._standby_lock:  # any lock of the host's start-up path: one warmer thread
+            if self._warmer is None:
+                self._warmer = threading.Thread(target=self._run_deferred, name="deepplan-warm-later", daemon=True)
+                self._warmer.start()
+
+    def _run_deferred(self) -> None:
+        while True:
+            served = self._deferred.get()
+            with self._device_idle:
+                self._device_idle.wait_for(lambda: self._device_jobs == 0)
+            start = time.perf_counter()
+            try:
+                ran = served.warm_up_deferred()
+            except Exception as exc:  # the model's requests report real failures; this was only a head start
+                _say(f"{served.key}: deferred warm-up failed: {type(exc).__name__}: {exc}")
+                continue
+            if ran:
+                _say(f"{served.key}: deferred warm-up done in {(time.perf_counter() - start) * 1e3:.0f} ms")
+            else:
+                _say(f"{served.key}: deferred warm-up not needed (a request came first, or the model left)")
 
     def _start_client(self, conn: socket.socket) -> None:
         conn.settimeout(FIRST_MESSAGE_TIMEOUT_S)  # a peer that never registers must not keep the host alive
@@ -168,6 +212,7 @@ class _Host:
             from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
         try:
             settings = ServeSettings.from_parameters(header["params"], model_dir=Path(header["model_dir"]))
+            later = header.get("warm_up") == "later"  # a front end registering again after its host died
             served = ServedModel(
                 settings,
                 str(header["key"]),
@@ -175,6 +220,7 @@ class _Host:
                 header.get("instance_device"),
                 exec_lock=self.exec_lock,
                 device_runner=self._on_device_thread,
+                warm_up=not later,
             )
         except Exception as exc:  # bad config, plan refused, device missing: the load fails with this reason
             send_message(conn, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
@@ -185,6 +231,8 @@ class _Host:
         except OSError:  # the front end left while we prepared the model: do not keep it registered
             served.close()
             raise
+        if later:
+            self._warm_up_later(served)
         self._keep_a_standby()
         return served
 

@@ -48,6 +48,9 @@ T = TypeVar("T")
 STATUS_TIMEOUT_S = 5.0
 WATCH_RETRY_S = 2.0
 """After a failed reconnect, how long the watcher waits before trying again."""
+RECOVERY_WARM_UP_ENV = "DEEPPLAN_RECOVERY_WARM_UP"
+"""``now``: a model registered again after its host died warms up inside its registration, as at load (the
+default, ``later``, leaves it to the new host's idle time; ``now`` is there for comparison)."""
 
 
 class HostError(RuntimeError):
@@ -176,8 +179,12 @@ class HostedModel:
     def _open(self) -> None:
         """Connect (starting the host if there is none) and register; HostError with the host's reason."""
         sock = self._connect_or_start()
+        # After a host's death, the new host warms this model up once nothing else needs the GPU: requests wait
+        # for the registration, not for every model's warm-up (see `engine_host._Host._warm_up_later`).
+        later = self._lost_host and os.environ.get(RECOVERY_WARM_UP_ENV, "later").strip() != "now"
+        header = {**self._register_header, "warm_up": "later" if later else "now"}
         try:
-            send_message(sock, self._register_header)
+            send_message(sock, header)
             reply, _ = recv_message(sock)
         except (OSError, WireError) as exc:
             sock.close()

@@ -339,8 +339,12 @@ class ServedModel:
         residency: Residency | None = None,
         exec_lock: threading.Lock | None = None,
         device_runner: DeviceRunner | None = None,
+        warm_up: bool = True,
     ) -> None:
         """Prepare host weights and the plan and register with the residency; the device stays empty.
+
+        `warm_up=False` leaves the load's warm-up to `warm_up_deferred` (an engine host replacing a dead one: the
+        models' requests are waiting, and each would otherwise wait for every other model's warm-up too).
 
         `exec_lock` serialises device work with other models of this process (an engine host runs many);
         by default the model has its own. `device_runner` runs the device part of a request (an engine host
@@ -361,6 +365,9 @@ class ServedModel:
         state_dir = residency.state_dir if residency is not None else settings.residency_dir or default_state_dir()
         images = state_dir / "weights" if images_enabled(state_dir) else None
         self.prepared = prepare_shared(settings.model, settings.dtype, settings.seed, image_folder=images)
+        self._answered = False  # a request came (it paid the first request's one-time costs itself)
+        self._closed = False
+        self._warm_pending = not warm_up
         try:
             self._set_up(settings, key, mark, residency, device_runner)
         except BaseException:  # the weights' other users keep them; this load's share goes
@@ -410,8 +417,21 @@ class ServedModel:
         self.residency = residency or Residency(settings.residency_dir)
         budget = settings.budget if settings.budget is not None else default_budget(self.devices[0], settings.reserve)
         self.residency.register(key, self.device_name, budget, self._evict)
+        if not self._warm_pending:
+            self._warm_up()
+            _lap(self.setup_ms, "warm_up", mark)
+
+    def warm_up_deferred(self) -> bool:
+        """Run the warm-up left for later (``warm_up=False``); whether it ran.
+
+        It does not run once a request came (that request paid the one-time costs itself) or the model is closed.
+        """
+        if not self._warm_pending or self._answered or self._closed:
+            self._warm_pending = False
+            return False
+        self._warm_pending = False
         self._warm_up()
-        _lap(self.setup_ms, "warm_up", mark)
+        return True
 
     def _warm_up(self) -> None:
         """At load: a cold and a warm request of example inputs, then evict; per model with graphs, else per kind.
@@ -620,6 +640,7 @@ class ServedModel:
         plan if the model is not resident). With `defer_release` the caller must call `settle` once it has
         answered (warm requests leave their budget release to it).
         """
+        self._answered = True
         answers: list[Answer | None] = [None] * len(requests)
         groups: dict[tuple, list[tuple[int, dict[str, torch.Tensor]]]] = {}
         start = time.perf_counter()
@@ -699,6 +720,7 @@ class ServedModel:
 
     def close(self) -> None:
         """Evict, release the address ranges and leave the residency (model unload)."""
+        self._closed = True
         try:
             with self._lock, self._exec_lock:
                 self.engine.close()

@@ -327,6 +327,8 @@ def test_killed_engine_host_leaks_no_budget_and_server_recovers(server):
     assert "(its host was lost)" in log, "no front end said that it replaced the lost host"
     # The dead host's weights images outlive it: its replacement maps them instead of building them again.
     assert "host weights of tiny-bert (float32) mapped from image" in log
+    # Models registered again are not warmed up during their registration, but once the device is idle.
+    assert "deferred warm-up" in log
     snap = Residency(server.state_dir).snapshot()
     assert sum(e["bytes"] for e in snap["models"].values()) <= BUDGET
     client = tritonclient_http.InferenceServerClient(server.http_url)

@@ -118,6 +118,35 @@ def test_the_first_model_of_a_kind_warms_up_at_load_and_leaves_the_device_empty(
         second.close()
 
 
+def test_a_deferred_warm_up_runs_later_unless_a_request_came_first(tmp_path: Path, monkeypatch) -> None:
+    """An engine host replacing a dead one registers models without their warm-up and runs it when idle."""
+    monkeypatch.setattr(served_model, "_warms_per_model", lambda engine: True)  # as with graphs: one per model
+    calls: list[str] = []
+
+    def runner(fn):
+        calls.append("device")
+        return fn()
+
+    idle = ServedModel(_settings(tmp_path, "64MiB"), "idle#0", 1, device_runner=runner, warm_up=False)
+    asked = ServedModel(_settings(tmp_path, "64MiB"), "asked#0", 1, device_runner=runner, warm_up=False)
+    try:
+        assert calls == [] and "warm_up" not in idle.setup_ms  # registered, nothing on the device yet
+        x = np.random.default_rng(2).integers(0, 1000, (1, 8), dtype=np.int64)
+        assert asked.answer([{"input_ids": x}])[0].cold
+        calls.clear()
+        assert asked.warm_up_deferred() is False and calls == []  # its request paid the one-time costs
+        assert idle.warm_up_deferred() is True and len(calls) == 3  # cold request, warm request, evict
+        assert idle.engine.resident_bytes == 0 and idle.evictions == 0
+        assert idle.warm_up_deferred() is False  # once
+    finally:
+        idle.close()
+        asked.close()
+    late = ServedModel(_settings(tmp_path, "64MiB"), "late#0", 1, device_runner=runner, warm_up=False)
+    late.close()
+    calls.clear()
+    assert late.warm_up_deferred() is False and calls == []  # unloaded before its turn
+
+
 def test_with_graphs_every_model_warms_up_at_load(tmp_path: Path, monkeypatch) -> None:
     """Graphs are captured at a model's first warm request: with them on, each model does that at load, not the
     first of a kind only. The CPU engine has no graphs, so the test says it has them to check the policy."""
