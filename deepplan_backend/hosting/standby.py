@@ -137,14 +137,22 @@ def _serve_wake(server: socket.socket, pidfd: int | None) -> bool:
 
 def preload_imports() -> None:
     """Import what every registration needs, so that a woken standby skips it (seconds on a fresh process)."""
+    start = time.perf_counter()
     try:
         import transformers
 
         import deepplan_backend.runtime.served_model  # noqa: F401  (PyTorch and the runtime)
+        from deepplan_backend.runtime.zoo import TINY_MODELS, load_model
 
         # `transformers` imports model code lazily, on first attribute access: each family's classes, now.
         for name in ("BertModel", "RobertaModel", "GPT2LMHeadModel", "ResNetForImageClassification"):
             getattr(transformers, name)
+        # Building a model imports more again (its first construction in a process took 0.3-1.8 s on the H100
+        # host, session 14): a skeleton of each family on the meta device costs milliseconds and no memory.
+        for name in TINY_MODELS:
+            load_model(name, skeleton=True)
+        # In the log: a host that dies before its standby is done gets a replacement that finishes the imports first.
+        print(f"deepplan standby (pid {os.getpid()}): imports done in {time.perf_counter() - start:.1f} s", flush=True)
     except Exception as exc:  # the host's own registration reports a broken install; this is only a head start
         print(f"deepplan standby (pid {os.getpid()}): preload failed: {exc}", flush=True)
 

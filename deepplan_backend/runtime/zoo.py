@@ -11,8 +11,8 @@ engines and for the plain `transformers` reference:
 
 from __future__ import annotations
 
-import contextlib
 import json
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ DTYPES: Mapping[str, torch.dtype] = {
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 
 IMAGE_SIZE = 224
+_SEEDED_BUILD = threading.Lock()
 
 
 class ModelSourceError(ValueError):
@@ -228,9 +229,14 @@ def load_model(name_or_path: str, dtype: str = "float32", seed: int = 0, skeleto
     dtype = parse_dtype(dtype)
     spec = ZOO.get(name_or_path)
     if spec is not None:
-        with torch.random.fork_rng(devices=[]):  # seed the weights without disturbing the caller's generator
-            torch.manual_seed(seed)
-            with torch.device("meta") if skeleton else contextlib.nullcontext():
+        if skeleton:  # no weights drawn: the generator is left alone
+            with torch.device("meta"):
+                inner = _build_from_config(spec)
+        else:
+            # The generator is process-wide: a build on another thread (an engine host registers many models, a
+            # standby preloads) restoring its state mid-way would change these weights. One seeded build at a time.
+            with _SEEDED_BUILD, torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
                 inner = _build_from_config(spec)
         family, default_seq, source = spec.family, spec.default_seq_len, f"zoo:{spec.name}"
         name = spec.name

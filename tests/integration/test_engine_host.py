@@ -59,12 +59,13 @@ def test_models_share_a_host_and_survive_its_death(repo: Path) -> None:
         spare = _listener(standby.control_path(a.path))  # the host keeps a standby, imported, with no GPU work
         assert spare not in (None, old)
         os.kill(old, signal.SIGKILL)
-        (again,) = a.answer([{"input_ids": x}])  # a new host registers the model again and cold-starts it
+        # A new host registers the model again (its deferred warm-up may have it on the device just now: warm or cold).
+        (again,) = a.answer([{"input_ids": x}])
         assert again.error is None, again.error
         np.testing.assert_allclose(again.output, want, rtol=1e-4, atol=1e-5)
         (b_again,) = b.answer([{"input_ids": x}])  # after b's own reconnect (its watcher may still be at it)
         assert b_again.error is None, b_again.error
-        assert again.cold and a.info["pid"] == b.info["pid"] == spare, "the standby replaced the lost host"
+        assert a.info["pid"] == b.info["pid"] == spare, "the standby replaced the lost host"
         assert _listener(standby.control_path(a.path)) not in (None, spare), "the new host keeps a standby too"
     finally:
         a.close()
@@ -88,7 +89,8 @@ def test_without_standby_a_new_process_replaces_the_host(repo: Path, monkeypatch
         assert _listener(standby.control_path(a.path), wait_s=0) is None
         os.kill(old, signal.SIGKILL)
         (again,) = a.answer([{"input_ids": np.arange(100, 112)[None]}])
-        assert again.error is None and again.cold and a.info["pid"] != old, again.error
+        # Not necessarily a cold start: the new host's deferred warm-up may have the model on the device just now.
+        assert again.error is None and a.info["pid"] != old, again.error
     finally:
         a.close()
 

@@ -248,3 +248,29 @@ def test_resnet50_builds_with_expected_size_and_output() -> None:
     with torch.inference_mode():
         out = model.module(**model.example_inputs(1))
     assert out.shape == (1, 1000)
+
+
+def test_seeded_builds_on_threads_at_once_give_the_seeded_weights() -> None:
+    """The generator is process-wide: an engine host builds models on many threads, and a standby preloads
+    skeletons on one. A build that restored the generator mid-way through another's changed its weights."""
+    import threading
+
+    want = {k: v.clone() for k, v in load_model("tiny-bert").module.state_dict().items()}
+    stop = threading.Event()
+
+    def others() -> None:
+        while not stop.is_set():
+            load_model("tiny-gpt2", seed=1)
+            load_model("tiny-roberta", skeleton=True)
+
+    noise = [threading.Thread(target=others) for _ in range(2)]
+    for t in noise:
+        t.start()
+    try:
+        for _ in range(15):
+            got = load_model("tiny-bert").module.state_dict()
+            assert all(torch.equal(got[k], v) for k, v in want.items()), "a concurrent build changed the weights"
+    finally:
+        stop.set()
+        for t in noise:
+            t.join()
