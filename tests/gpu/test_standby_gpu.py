@@ -68,8 +68,9 @@ def test_standby_holds_no_gpu_until_woken_then_serves_right(tmp_path: Path, monk
         assert not _gpu_files(spare), "a standby holds no CUDA context (no GPU memory) while it waits"
 
         os.kill(host, signal.SIGKILL)
+        # Warm or cold: the new host's deferred warm-up of the model may have it on the device just now.
         (again,) = model.answer([{"input_ids": x}])
-        assert again.error is None and again.cold, again.error
+        assert again.error is None, again.error
         assert model.info["pid"] == spare, "the standby replaced the lost host"
         torch.testing.assert_close(torch.from_numpy(again.output), want.cpu(), rtol=1e-4, atol=1e-4)
         assert _gpu_files(spare), "woken, it serves on the GPU"
