@@ -248,10 +248,18 @@ def default_budget(device: torch.device, reserve: int) -> int:
     return max(0, int(total) - reserve)
 
 
-def plan_or_make(prepared: PreparedModel, settings: ServeSettings, devices: list[torch.device]) -> tuple[Plan, bool]:
+def plan_or_make(
+    prepared: PreparedModel,
+    settings: ServeSettings,
+    devices: list[torch.device],
+    device_lock: contextlib.AbstractContextManager[object] | None = None,
+) -> tuple[Plan, bool]:
     """The valid plan for this model on this GPU from the plan repository, or a fresh one (saved there).
 
-    Several instances starting at once plan once: planning holds a lock file per plan key.
+    Several instances starting at once plan once: planning holds a lock file per plan key. Making a plan profiles
+    on the devices, which then must be this model's alone: under `device_lock` (an engine host's device lock).
+    Reading one is not device work, and does not wait for it (20 models registering at once with a new host
+    waited 0.2-0.3 s each here for the requests and warm-ups of the others, session 14).
     Returns (plan, made_now).
     """
     from planner.device_planning import Sampling, plan_on_devices
@@ -285,9 +293,10 @@ def plan_or_make(prepared: PreparedModel, settings: ServeSettings, devices: list
                     return plan, False
             # Few samples: this runs while Triton loads the model.
             sampling = Sampling(warmup=1, repeats=3, check_warmup=1, check_repeats=3)
-            plan, _ = plan_on_devices(
-                prepared, devices, counts, settings.plan_batch, settings.seq_len, graphs, sampling, progress=False
-            )
+            with device_lock if device_lock is not None else contextlib.nullcontext():
+                plan, _ = plan_on_devices(
+                    prepared, devices, counts, settings.plan_batch, settings.seq_len, graphs, sampling, progress=False
+                )
             save_plan(repo, plan)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # profiling's scratch memory goes back to the driver, not held by the cache
@@ -394,8 +403,7 @@ class ServedModel:
         if settings.engine == "deepplan":
             # Profiling, if a plan must be made, needs the devices to itself (other models of an engine host
             # would skew its timings and could meet an out-of-memory): under the device lock.
-            with self._exec_lock:
-                self.plan, self.planned_now = plan_or_make(self.prepared, settings, self.devices)
+            self.plan, self.planned_now = plan_or_make(self.prepared, settings, self.devices, self._exec_lock)
         mark = _lap(self.setup_ms, "plan", mark)
         nbytes = self.prepared.table.nbytes
         self.schedule, self.overlap = schedule_for(settings.engine, len(self.devices), nbytes, self.plan)

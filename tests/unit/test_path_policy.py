@@ -416,8 +416,9 @@ def test_plan_or_make_replaces_a_corrupted_plan(tree):
 
     s = settings(tree, model="tiny-gpt2", plan_repository="plans")
     prepared = prepare_shared("tiny-gpt2")
-    plan, made = plan_or_make(prepared, s, [torch.device("cpu")])
-    assert made
+    device_lock = _CountingLock()
+    plan, made = plan_or_make(prepared, s, [torch.device("cpu")], device_lock)
+    assert made and device_lock.taken == 1  # profiling has the devices to itself
     path = plan_path(s.plan_repository, plan.key)
     good = path.read_bytes()
     for kind, data in list(corrupted_plans(good, 5, seed=3))[::4]:  # truncated, huge (each re-plan profiles)
@@ -425,8 +426,22 @@ def test_plan_or_make_replaces_a_corrupted_plan(tree):
         again, made = plan_or_make(prepared, s, [torch.device("cpu")])
         assert made, kind
         assert again.key == plan.key and read_plan(path).fingerprint == prepared.fingerprint
-    # and a valid one is reused
-    assert plan_or_make(prepared, s, [torch.device("cpu")])[1] is False
+    # and a valid one is reused, without waiting for the device
+    assert plan_or_make(prepared, s, [torch.device("cpu")], device_lock)[1] is False
+    assert device_lock.taken == 1
+
+
+class _CountingLock:
+    """A device lock that counts how often it was taken."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def __enter__(self) -> None:
+        self.taken += 1
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 def test_module_exports():
