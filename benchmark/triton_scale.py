@@ -82,13 +82,7 @@ def gpu_used_mib() -> list[int] | None:
 
 
 def _rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return _proc_mib(pid, "status", "VmRSS:")
 
 
 def _pss_mib(pid: int) -> float:
@@ -97,9 +91,14 @@ def _pss_mib(pid: int) -> float:
     The sum over a server's processes is the host memory they hold together; the RSS sum counts a page mapped by
     N processes N times.
     """
+    return _proc_mib(pid, "smaps_rollup", "Pss:")
+
+
+def _proc_mib(pid: int, file: str, field: str) -> float:
+    """A kB field of ``/proc/<pid>/<file>`` in MiB; 0 if the process is gone."""
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass

@@ -61,16 +61,21 @@ class PreparedModel:
 
 def prepare(name_or_path: str, dtype: str = "float32", seed: int = 0, pin: bool | None = None) -> PreparedModel:
     """Build the model, observe its execution order, and pack its tensors into (pinned) host memory."""
+    model, table, laps = _build_and_trace(name_or_path, dtype, seed)
+    packing = time.perf_counter()
+    store = HostStore.pack(model.module, table, pin=pin)
+    laps["pack"] = (time.perf_counter() - packing) * 1e3
+    return PreparedModel(model, table, store, laps)
+
+
+def _build_and_trace(name_or_path: str, dtype: str, seed: int) -> tuple[ZooModel, LayerTable, dict[str, float]]:
+    """The built model and its layer table, with the ms each took (``build``, ``table``)."""
     start = time.perf_counter()
     model = load_model(name_or_path, dtype=dtype, seed=seed)
     built = time.perf_counter()
     trace = model.example_inputs(1, min(TRACE_SEQ_LEN, model.max_seq_len), seed=seed)
     table = build_layer_table(model.module, trace)
-    traced = time.perf_counter()
-    store = HostStore.pack(model.module, table, pin=pin)
-    packed = time.perf_counter()
-    laps = {"build": built - start, "table": traced - built, "pack": packed - traced}
-    return PreparedModel(model, table, store, {k: v * 1e3 for k, v in laps.items()})
+    return model, table, {"build": (built - start) * 1e3, "table": (time.perf_counter() - built) * 1e3}
 
 
 def prepare_imaged(folder: Path, name_or_path: str, dtype: str = "float32", seed: int = 0) -> PreparedModel:
@@ -127,16 +132,12 @@ def _open_image(folder: Path, key: ImageKey) -> WeightsImage | None:
 
 def _build_image(folder: Path, key: ImageKey, name_or_path: str, dtype: str, seed: int) -> PreparedModel:
     """Build the model and pack it into a new image (holding the build lock), or into a private buffer."""
-    start = time.perf_counter()
-    model = load_model(name_or_path, dtype=dtype, seed=seed)
-    built = time.perf_counter()
-    trace = model.example_inputs(1, min(TRACE_SEQ_LEN, model.max_seq_len), seed=seed)
-    table = build_layer_table(model.module, trace)
-    traced = time.perf_counter()
+    model, table, laps = _build_and_trace(name_or_path, dtype, seed)
+    packing = time.perf_counter()
     packed = _pack_into_new_image(folder, key, model, table)
     store, image = packed if packed is not None else (HostStore.pack(model.module, table), None)
-    laps = {"build": built - start, "table": traced - built, "pack": time.perf_counter() - traced}
-    return PreparedModel(model, table, store, {k: v * 1e3 for k, v in laps.items()}, image=image)
+    laps["pack"] = (time.perf_counter() - packing) * 1e3
+    return PreparedModel(model, table, store, laps, image=image)
 
 
 def _pack_into_new_image(
