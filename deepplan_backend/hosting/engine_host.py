@@ -73,7 +73,7 @@ class _Host:
         self._device_jobs = 0  # submitted to the device thread and not done
         self._device_idle = threading.Condition()
         self._deferred: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._warmer: threading.Thread | None = None
+        threading.Thread(target=self._run_deferred, name="deepplan-warm-later", daemon=True).start()
 
     def serve_forever(self) -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
@@ -132,12 +132,9 @@ class _Host:
         all if a request came first (that request paid the one-time costs).
         """
         self._deferred.put(served)
-        with self._standby_lock:  # any lock of the host's start-up path: one warmer thread
-            if self._warmer is None:
-                self._warmer = threading.Thread(target=self._run_deferred, name="deepplan-warm-later", daemon=True)
-                self._warmer.start()
 
     def _run_deferred(self) -> None:
+        """The thread that runs queued warm-ups (`_warm_up_later`), each once the device thread is idle."""
         while True:
             served = self._deferred.get()
             with self._device_idle:

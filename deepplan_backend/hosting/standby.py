@@ -147,8 +147,8 @@ def preload_imports() -> None:
         # `transformers` imports model code lazily, on first attribute access: each family's classes, now.
         for name in ("BertModel", "RobertaModel", "GPT2LMHeadModel", "ResNetForImageClassification"):
             getattr(transformers, name)
-        # Building a model imports more again (its first construction in a process took 0.3-1.8 s on the H100
-        # host, session 14): a skeleton of each family on the meta device costs milliseconds and no memory.
+        # Whatever constructing a model imports besides: a skeleton of each family on the meta device (milliseconds,
+        # no memory; it leaves the random generator alone, which a registration may be using).
         for name in TINY_MODELS:
             load_model(name, skeleton=True)
         # In the log: a host that dies before its standby is done gets a replacement that finishes the imports first.
