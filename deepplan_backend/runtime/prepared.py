@@ -20,7 +20,7 @@ from .answer import laps_text
 from .host_store import HostStore
 from .layers import LayerTable, build_layer_table
 from .plan import PlanKey
-from .weights_image import ImageError, ImageKey, WeightsImage, remove_image
+from .weights_image import ImageError, ImageKey, WeightsImage, ensure_private_folder, remove_image
 from .zoo import ZooModel, load_model, source_identity
 
 TRACE_SEQ_LEN = 8
@@ -86,6 +86,11 @@ def prepare_imaged(folder: Path, name_or_path: str, dtype: str = "float32", seed
     """
     key = ImageKey(source_identity(name_or_path), dtype, seed)
     start = time.perf_counter()
+    try:
+        ensure_private_folder(folder)
+    except ImageError as exc:
+        print(f"deepplan: no weights images ({exc}); this process packs its own copy", flush=True)
+        return prepare(name_or_path, dtype, seed)
     mapped = _open_image(folder, key)
     if mapped is None:
         with WeightsImage.building(folder, key):

@@ -93,6 +93,20 @@ def _filesystem_type(path: Path) -> str | None:
     return kind
 
 
+def ensure_private_folder(folder: Path) -> None:
+    """Create `folder` (0700) if missing; ImageError unless it is a real folder of this user that others cannot write.
+
+    Whoever can write there could hand every process of the server other weights.
+    """
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = folder.lstat()
+    except OSError as exc:
+        raise ImageError(f"cannot use {folder}: {exc}") from exc
+    if folder.is_symlink() or not folder.is_dir() or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise ImageError(f"{folder} must be a folder owned by uid {os.getuid()} that others cannot write")
+
+
 class WeightsImage:
     """One mapped image: its layer table and a uint8 tensor over its packed bytes (shared by every process mapping it).
 
@@ -144,7 +158,6 @@ class WeightsImage:
     @contextlib.contextmanager
     def building(cls, folder: Path, key: ImageKey) -> Iterator[None]:
         """Hold `key`'s build lock: one process builds (or deletes) an image while the others wait to map it."""
-        folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / f"{key.digest}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -178,3 +178,17 @@ def test_images_only_in_memory_and_not_when_turned_off(monkeypatch):
     assert not images_enabled(Path("/proc/self"))  # procfs: not memory we may write weights to
     monkeypatch.setenv(IMAGES_ENV, "0")
     assert not images_enabled(Path("/dev/shm/deepplan-residency-1"))
+
+
+def test_a_folder_others_can_write_is_not_used(folder, capsys):
+    """Whoever can write the image folder could hand the server's processes other weights: a private copy then."""
+    images = folder / "weights"
+    images.mkdir(mode=0o777)
+    images.chmod(0o777)
+    p = prepare_imaged(images, "tiny-bert")
+    assert p.image is None and p.origin == "prepared"
+    assert "others cannot write" in capsys.readouterr().out
+    assert list(images.iterdir()) == []
+    fresh = prepare_imaged(folder / "new", "tiny-bert")  # created private
+    assert fresh.image is not None and (folder / "new").stat().st_mode & 0o777 == 0o700
+    fresh.image.release()
