@@ -258,8 +258,7 @@ def plan_or_make(
 
     Several instances starting at once plan once: planning holds a lock file per plan key. Making a plan profiles
     on the devices, which then must be this model's alone: under `device_lock` (an engine host's device lock).
-    Reading one is not device work, and does not wait for it (20 models registering at once with a new host
-    waited 0.2-0.3 s each here for the requests and warm-ups of the others, session 14).
+    Reading one is not device work, and does not wait for the device thread's requests.
     Returns (plan, made_now).
     """
     from planner.device_planning import Sampling, plan_on_devices
