@@ -21,6 +21,9 @@ def test_scale_points_answer_right_with_one_host_and_light_front_ends(tmp_path: 
         assert int(r["engine_hosts"]) == 1 and int(r["stubs"]) == int(r["instances"])
         assert int(r["standby_hosts"]) == 1, "the host keeps one standby"
         assert float(r["stub_rss_mib_median"]) < 150, "a front end stays small: no PyTorch in it"
+        # The PSS sum counts each shared page once: below the RSS sum of the same processes, never above.
+        rss = sum(float(r[k]) for k in ("server_rss_mib", "stubs_rss_mib", "hosts_rss_mib", "standbys_rss_mib"))
+        assert 0 < float(r["pss_total_mib"]) < rss
     assert (out / "shared-n3.log").read_text().count("in engine host pid") == 3
 
 

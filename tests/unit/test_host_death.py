@@ -77,4 +77,5 @@ def test_recovery_setups_are_read_from_the_log() -> None:
     assert doc["models_set_up_again"] == 2
     assert doc["setup_ms_max"] == 500 and doc["setup_ms_sum"] == 800
     assert doc["setup_phase_ms_median"] == {"weights": 0, "warm_up": 200}  # nearest-rank medians
+    assert doc["setup_phase_ms_max"] == {"weights": 100, "warm_up": 500}
     assert recovery_setups("nothing here") == {"models_set_up_again": 0, "host_weights": []}
