@@ -62,6 +62,16 @@ def laps_text(laps: Mapping[str, float]) -> str:
     return ", ".join(f"{k} {v:.0f}" for k, v in laps.items())
 
 
+def parse_laps(text: str) -> dict[str, float]:
+    """`laps_text`'s 'weights 20, plan 3' back to named times (ms), for tools that read the log."""
+    laps = {}
+    for part in text.split(", "):
+        name, _, value = part.rpartition(" ")
+        if name:
+            laps[name] = float(value)
+    return laps
+
+
 def setup_summary(setup_ms: Mapping[str, object]) -> str:
     """'set up in 812 ms (weights 20, plan 3, engine 40, warm_up 749)' from a model's ``setup_ms`` laps."""
     laps = {str(k): float(v) for k, v in setup_ms.items() if isinstance(v, int | float) and not isinstance(v, bool)}

@@ -370,14 +370,15 @@ class ServedModel:
         mark = time.perf_counter()
         self.devices = choose_devices(settings, instance_device)
         mark = _lap(self.setup_ms, "devices", mark)  # a new process's CUDA start-up shows here
-        state_dir = residency.state_dir if residency is not None else settings.residency_dir or default_state_dir()
+        self.residency = residency or Residency(settings.residency_dir)
+        state_dir = self.residency.state_dir  # the server's: its weights images live there too
         images = state_dir / "weights" if images_enabled(state_dir) else None
         self.prepared = prepare_shared(settings.model, settings.dtype, settings.seed, image_folder=images)
         self._answered = False  # a request came (it paid the first request's one-time costs itself)
         self._closed = False
         self._warm_pending = not warm_up
         try:
-            self._set_up(settings, key, mark, residency, device_runner)
+            self._set_up(settings, key, mark, device_runner)
         except BaseException:  # the weights' other users keep them; this load's share goes
             release_shared(settings.model, settings.dtype, settings.seed)
             raise
@@ -387,7 +388,6 @@ class ServedModel:
         settings: ServeSettings,
         key: str,
         mark: float,
-        residency: Residency | None,
         device_runner: DeviceRunner | None,
     ) -> None:
         """`__init__` once the host weights are there: plan, engine, residency registration, warm-up."""
@@ -421,7 +421,6 @@ class ServedModel:
         self._lock = threading.Lock()
         self._unreleased = False  # a request answered before its budget release (see `settle`)
         self._device_runner: DeviceRunner = device_runner or _run_here
-        self.residency = residency or Residency(settings.residency_dir)
         budget = settings.budget if settings.budget is not None else default_budget(self.devices[0], settings.reserve)
         self.residency.register(key, self.device_name, budget, self._evict)
         if not self._warm_pending:

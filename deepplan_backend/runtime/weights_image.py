@@ -125,7 +125,7 @@ class WeightsImage:
         self.buffer = torch.frombuffer(
             self._map, dtype=torch.uint8, offset=data_offset, count=max(table.total_bytes, 1)
         )
-        self._unpin: list[int] = []
+        self._pinned_ptr: int | None = None  # the address `pin` registered, unregistered by `release`
 
     # ---- opening ----------------------------------------------------------------------------------------------
 
@@ -173,7 +173,7 @@ class WeightsImage:
         through a mapping would kill the process with SIGBUS instead of raising).
         """
         header = _header(key, table)
-        data_offset = -(-len(header) // PAGE) * PAGE
+        data_offset = _data_offset(len(header))
         size = data_offset + max(table.total_bytes, 1)
         tmp = folder / f"{key.digest}.tmp-{os.getpid()}"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -202,19 +202,19 @@ class WeightsImage:
         Registered portable (every GPU's copies, for PT) and mapped (a device pointer for DHA, which under UVA is
         the host pointer itself).
         """
-        if self._unpin or not torch.cuda.is_available():
+        if self._pinned_ptr is not None or not torch.cuda.is_available():
             return
         ptr, size = self.buffer.data_ptr(), self.buffer.numel()
         portable_and_mapped = 0x1 | 0x2  # cudaHostRegisterPortable | cudaHostRegisterMapped
         err = torch.cuda.cudart().cudaHostRegister(ptr, size, portable_and_mapped)
         if int(err) != 0:
             raise OSError(f"cudaHostRegister of {size} bytes of {self.path.name} failed: error {int(err)}")
-        self._unpin.append(ptr)
+        self._pinned_ptr = ptr
 
     @property
     def pinned(self) -> bool:
         """Whether `pin` page-locked the bytes."""
-        return bool(self._unpin)
+        return self._pinned_ptr is not None
 
     def release(self) -> None:
         """Unpin, unlock, and delete the image if no other process holds it (this process's last user is gone).
@@ -223,9 +223,9 @@ class WeightsImage:
         """
         if self._fd < 0:
             return
-        for ptr in self._unpin:
-            torch.cuda.cudart().cudaHostUnregister(ptr)
-        self._unpin.clear()
+        if self._pinned_ptr is not None:
+            torch.cuda.cudart().cudaHostUnregister(self._pinned_ptr)
+            self._pinned_ptr = None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # another process maps it
@@ -257,6 +257,11 @@ def _header(key: ImageKey, table: LayerTable) -> bytes:
     return MAGIC + len(body).to_bytes(8, "little") + body
 
 
+def _data_offset(header_bytes: int) -> int:
+    """Where the packed bytes start: after the header, on a page boundary (what `mmap` maps and tensors align to)."""
+    return -(-header_bytes // PAGE) * PAGE
+
+
 def _read_header(fd: int, key: ImageKey) -> tuple[LayerTable, int]:
     size = os.fstat(fd).st_size
     start = os.pread(fd, len(MAGIC) + 8, 0)
@@ -272,7 +277,7 @@ def _read_header(fd: int, key: ImageKey) -> tuple[LayerTable, int]:
         table = _table_from_json(body["table"])
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ImageError(f"unreadable header: {type(exc).__name__}: {exc}") from exc
-    data_offset = -(-(len(MAGIC) + 8 + length) // PAGE) * PAGE
+    data_offset = _data_offset(len(MAGIC) + 8 + length)
     if size < data_offset + table.total_bytes:
         raise ImageError(f"truncated: {size} bytes, the table needs {data_offset + table.total_bytes}")
     return table, data_offset

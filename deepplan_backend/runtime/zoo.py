@@ -243,8 +243,7 @@ def load_model(name_or_path: str, dtype: str = "float32", seed: int = 0, skeleto
     else:
         path = Path(name_or_path)
         if not path.exists():
-            known = ", ".join(ZOO)
-            raise ModelSourceError(f"unknown model {name_or_path!r}: not a zoo name ({known}) nor an existing folder")
+            raise _unknown_model(name_or_path)
         inner, family = _build_from_checkpoint(path, skeleton)
         default_seq = 1 if family == "resnet" else 128
         source, name = f"checkpoint:{path.resolve()}", path.name
@@ -279,8 +278,10 @@ def source_identity(name_or_path: str) -> str:
         return f"zoo:{spec.name}:{json.dumps(dict(spec.config), sort_keys=True)}"
     path = Path(name_or_path).resolve()
     if not path.is_dir():
-        raise ModelSourceError(
-            f"unknown model {name_or_path!r}: not a zoo name ({', '.join(ZOO)}) nor an existing folder"
-        )
+        raise _unknown_model(name_or_path)
     files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
     return f"checkpoint:{path}:{json.dumps(files)}"
+
+
+def _unknown_model(name_or_path: str) -> ModelSourceError:
+    return ModelSourceError(f"unknown model {name_or_path!r}: not a zoo name ({', '.join(ZOO)}) nor an existing folder")

@@ -46,7 +46,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from deepplan_backend.runtime.answer import laps_text  # noqa: E402
+from deepplan_backend.runtime.answer import laps_text, parse_laps  # noqa: E402
 from loadtest.experiments import (  # noqa: E402
     Devices,
     add_common_arguments,
@@ -250,10 +250,10 @@ def recovery_setups(log: str) -> dict[str, Any]:
     phases: dict[str, list[float]] = {}
     for match in _SETUP_AGAIN.finditer(log):
         totals.append(float(match.group(1)))
-        for name, value in _laps(match.group(2)).items():
+        for name, value in parse_laps(match.group(2)).items():
             phases.setdefault(name, []).append(value)
     # Every host's host-weights line, in log order: the replacement's says whether it mapped the dead host's image.
-    weights = [{"model": m[1], "origin": m[2], "laps_ms": _laps(m[3])} for m in _HOST_WEIGHTS.finditer(log)]
+    weights = [{"model": m[1], "origin": m[2], "laps_ms": parse_laps(m[3])} for m in _HOST_WEIGHTS.finditer(log)]
     if not totals:
         return {"models_set_up_again": 0, "host_weights": weights}
     return {
@@ -267,16 +267,6 @@ def recovery_setups(log: str) -> dict[str, Any]:
         "setup_phase_ms_max": {k: max(v) for k, v in phases.items()},
         "host_weights": weights,
     }
-
-
-def _laps(text: str) -> dict[str, float]:
-    """'weights 100, warm_up 200' (`answer.laps_text`) back to named times."""
-    laps = {}
-    for part in text.split(", "):
-        name, _, value = part.rpartition(" ")
-        if name:
-            laps[name] = float(value)
-    return laps
 
 
 def gpu_names(names: Sequence[str], dev: Devices) -> dict[str, str]:
