@@ -86,13 +86,11 @@ class _Range:
         self.handles: list[Any] = []
 
     def create(self) -> float:
-        _, ms = _timed(
-            lambda: [
+        def go() -> None:
+            for n in self.pieces:
                 self.handles.append(self.check(self.cu.cuMemCreate(n, self.prop, 0), "cuMemCreate"))
-                for n in self.pieces
-            ]
-        )
-        return ms
+
+        return _timed(go)[1]
 
     def map(self) -> float:
         def go() -> None:

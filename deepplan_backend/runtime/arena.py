@@ -6,7 +6,8 @@ the arena — the module's weights — is built once and stays valid across evic
 start no longer rebuilds hundreds of views on its critical path, and a captured CUDA graph could replay.
 
 - CUDA: the driver's virtual memory management (cuMemAddressReserve / cuMemCreate / cuMemMap) through
-  `cuda-bindings`; eviction unmaps and releases the physical allocation, so `cudaMemGetInfo` sees it back.
+  `cuda-bindings`; eviction unmaps and releases the physical allocation, so `cudaMemGetInfo` sees it back, unless
+  the cold start that evicts it takes it over (`spare_memory`).
 - CPU: an anonymous `mmap` whose pages are dropped with `madvise(MADV_DONTNEED)` on eviction.
 """
 
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-from . import cuda_driver
+from . import cuda_driver, spare_memory
 
 
 class ArenaError(RuntimeError):
@@ -130,7 +131,9 @@ class CudaArena:
             return
         cu = cuda_driver.driver()
         with torch.cuda.device(self.index):
-            handle = _check(cu.cuMemCreate(self._size, self._prop, 0), f"cuMemCreate({self._size} bytes)")
+            handle = spare_memory.take(self.index, self._size)
+            if handle is None:
+                handle = _check(cu.cuMemCreate(self._size, self._prop, 0), f"cuMemCreate({self._size} bytes)")
             try:
                 _check(cu.cuMemMap(self._ptr, self._size, 0, handle, 0), "cuMemMap")
                 descs = []
@@ -152,14 +155,16 @@ class CudaArena:
             self.tensor = torch.as_tensor(_DevicePointer(self.address, self.nbytes), device=self.device)
 
     def unmap(self) -> None:
-        """Unmap and release the physical memory: the driver has it back, the address stays reserved."""
+        """Unmap and release the physical memory (or keep it for a cold start: `spare_memory`); the address stays."""
         if not self.mapped:
             return
         cu = cuda_driver.driver()
         torch.cuda.synchronize(self.device)  # no kernel or copy may still touch the range
         with torch.cuda.device(self.index):
             _check(cu.cuMemUnmap(self._ptr, self._size), "cuMemUnmap")
-            _check(cu.cuMemRelease(self._handle), "cuMemRelease")
+            release = functools.partial(_release, self.index)
+            if not spare_memory.keep(self.index, self._size, self._handle, release):
+                release(self._handle)
         self._handle = None
         self.mapped = False
 
@@ -169,6 +174,11 @@ class CudaArena:
         self.tensor = torch.empty(0, dtype=torch.uint8, device=self.device)
         with torch.cuda.device(self.index):
             _check(cuda_driver.driver().cuMemAddressFree(self._ptr, self._size), "cuMemAddressFree")
+
+
+def _release(index: int, handle: Any) -> None:
+    with torch.cuda.device(index):  # whichever device is current where a kept allocation is let go
+        _check(cuda_driver.driver().cuMemRelease(handle), "cuMemRelease")
 
 
 def make_arena(nbytes: int, device: torch.device) -> Arena:

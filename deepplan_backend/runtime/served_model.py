@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from . import spare_memory
 from .answer import Answer, ModelStatus
 from .engine import ColdStartEngine, InferenceResult
 from .path_policy import PathPolicy, PathPolicyError
@@ -574,14 +575,16 @@ class ServedModel:
             with self._lock:  # held from the residency check to the release: see `_run_locked`
                 result = self._run_locked(inputs, timing, defer_release) if self.engine.is_resident else None
             if result is None:
-                try:  # never wait here: the device thread serves every model of its GPU
-                    grant = self.residency.acquire(self.key, self.need_bytes, wait=False)
-                except RoomBusy:
-                    return None
-                timing["evict_ms"] = grant.evict_ms
-                acquired = time.perf_counter()
-                with self._lock:
-                    result = self._run_locked(inputs, timing, defer_release)
+                # The memory of the models this process evicts for room goes to this cold start as it is.
+                with spare_memory.reusing():
+                    try:  # never wait here: the device thread serves every model of its GPU
+                        grant = self.residency.acquire(self.key, self.need_bytes, wait=False)
+                    except RoomBusy:
+                        return None
+                    timing["evict_ms"] = grant.evict_ms
+                    acquired = time.perf_counter()
+                    with self._lock:
+                        result = self._run_locked(inputs, timing, defer_release)
             end = time.perf_counter()
             timing.update(room_ms=(acquired - start) * 1e3)
             timing["engine_ms"] = (end - acquired) * 1e3 - timing["release_ms"]
