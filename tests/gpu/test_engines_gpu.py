@@ -8,16 +8,14 @@ Skipped without CUDA; run on the device machine (`pytest tests/gpu`). `DEEPPLAN_
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import pytest
 import torch
 
-from benchmark.measure import plain_model_output
 from deepplan_backend.runtime.engine import ColdStartEngine
-from deepplan_backend.runtime.plan import DHA, LoadSchedule
+from deepplan_backend.runtime.plan import LoadSchedule
 from deepplan_backend.runtime.prepared import prepare
-from deepplan_backend.runtime.schedules import even_split
+from tests.gpu.engine_checks import cold_then_warm, reference_output, schedules_by_mode
 
 pytestmark = [
     pytest.mark.gpu,
@@ -28,63 +26,15 @@ MODELS = os.environ.get("DEEPPLAN_GPU_MODELS", "tiny-resnet tiny-bert tiny-gpt2 
 CYCLES = 3
 
 
-def _reference(name: str, dtype: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The plain `transformers` model's output on GPU 0, as the Fig. 10 table computes it."""
-    return plain_model_output(name, dtype, torch.device("cuda:0"), inputs)
-
-
-def _schedules(n: int, nbytes: tuple[int, ...]) -> dict[str, tuple[LoadSchedule, bool]]:
-    every_third_dha = LoadSchedule(tuple(DHA if i % 3 == 0 else 0 for i in range(n)), 1)
-    found = {
-        "demand": (LoadSchedule.all_on_target(n), False),
-        "pipeline": (LoadSchedule.all_on_target(n), True),
-        "dha": (every_third_dha, True),
-        "all-dha": (LoadSchedule((DHA,) * n, 1), True),
-    }
-    if torch.cuda.device_count() >= 2:
-        found["pt2"] = (even_split(nbytes, 2), True)
-        dha_pt = list(even_split(nbytes, 2).sources)
-        for i in range(0, n, 4):
-            dha_pt[i] = DHA
-        found["dha+pt2"] = (LoadSchedule(tuple(dha_pt), 2), True)
-    if torch.cuda.device_count() >= 4:
-        # Three peer lanes at once, one of them left without layers (the planner may choose that).
-        pt4 = list(even_split(nbytes, 3).sources)
-        for i in range(0, n, 5):
-            pt4[i] = DHA
-        pt4 = [3 if s == 2 else s for s in pt4]
-        found["dha+pt4"] = (LoadSchedule(tuple(pt4), 4), True)
-    return found
-
-
-def _cold_then_warm(
-    engine: ColdStartEngine,
-    inputs: dict[str, torch.Tensor],
-    schedule: LoadSchedule,
-    overlap: bool,
-    expected: torch.Tensor,
-    label: str,
-    before_each: Callable[[], object] = lambda: None,
-) -> None:
-    """A cold request, then a warm one: each is what it should be and equals the plain model."""
-    before_each()
-    cold = engine.infer(inputs, schedule, overlap)
-    before_each()
-    warm = engine.infer(inputs, schedule, overlap)
-    assert cold.cold and not warm.cold
-    torch.testing.assert_close(cold.output, expected, rtol=1e-4, atol=1e-4, msg=f"{label}: cold")
-    torch.testing.assert_close(warm.output, expected, rtol=1e-4, atol=1e-4, msg=f"{label}: warm")
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_every_mode_matches_plain_model(name: str) -> None:
     prepared = prepare(name)
     inputs = prepared.model.example_inputs(1)
-    expected = _reference(name, "float32", inputs)
+    expected = reference_output(name, "float32", inputs)
     devices = [torch.device("cuda", i) for i in range(min(4, torch.cuda.device_count()))]
     engine = ColdStartEngine(prepared.model, prepared.store, devices)
     n = len(prepared.table)
-    schedules = _schedules(n, prepared.table.nbytes)
+    schedules = schedules_by_mode(n, prepared.table.nbytes)
     # One throwaway cycle per mode, so that lazily created kernels, handles and the per-process PT staging
     # rings (bounded, shared by all engines) count in the baseline, not as a leak.
     for schedule, overlap in schedules.values():
@@ -94,7 +44,7 @@ def test_every_mode_matches_plain_model(name: str) -> None:
     baseline = [torch.cuda.mem_get_info(d)[0] for d in devices]
     for mode, (schedule, overlap) in schedules.items():
         for cycle in range(CYCLES):
-            _cold_then_warm(engine, inputs, schedule, overlap, expected, f"{mode} #{cycle}")
+            cold_then_warm(engine, inputs, schedule, overlap, expected, f"{mode} #{cycle}")
             engine.evict()
             free = [torch.cuda.mem_get_info(d)[0] for d in devices]
             for d, (before, after) in enumerate(zip(baseline, free, strict=True)):
@@ -113,7 +63,7 @@ def test_dha_view_reads_host_memory_in_place() -> None:
 def test_fp16_matches_plain_model() -> None:
     prepared = prepare("bert-base", dtype="float16")
     inputs = prepared.model.example_inputs(1, 128)
-    expected = _reference("bert-base", "float16", inputs)
+    expected = reference_output("bert-base", "float16", inputs)
     engine = ColdStartEngine(prepared.model, prepared.store, [torch.device("cuda:0")])
     out = engine.infer(inputs, LoadSchedule.all_on_target(len(prepared.table))).output
     engine.evict()
@@ -125,13 +75,13 @@ def test_graph_replay_survives_evict_cycles(name: str) -> None:
     """Cold and warm forwards replayed as CUDA graphs stay correct across evict/re-provision cycles."""
     prepared = prepare(name)
     inputs = prepared.model.example_inputs(1)
-    expected = _reference(name, "float32", inputs)
+    expected = reference_output(name, "float32", inputs)
     devices = [torch.device("cuda", i) for i in range(min(4, torch.cuda.device_count()))]
     engine = ColdStartEngine(prepared.model, prepared.store, devices, graphs=True)
     n = len(prepared.table)
-    for mode, (schedule, overlap) in _schedules(n, prepared.table.nbytes).items():
+    for mode, (schedule, overlap) in schedules_by_mode(n, prepared.table.nbytes).items():
         for cycle in range(CYCLES + 1):  # the first warm request captures; later cold starts replay
-            _cold_then_warm(engine, inputs, schedule, overlap, expected, f"{mode} #{cycle}")
+            cold_then_warm(engine, inputs, schedule, overlap, expected, f"{mode} #{cycle}")
             engine.evict()
         captured = [g for layout in engine._layouts.values() for g in layout.captured.values()]
         print(f"{name} {mode}: captured graphs {sum(g is not None for g in captured)}/{len(captured)}")
@@ -161,10 +111,10 @@ def test_graph_regime_profile_measures_gpu_time_and_its_plan_replays_correctly()
     plan = make_plan(graphs, [len(devices)], "now")
     schedule = plan.variant("deepplan", len(devices)).schedule
     inputs = prepared.model.example_inputs(1)
-    expected = _reference("resnet50", "float32", inputs)
+    expected = reference_output("resnet50", "float32", inputs)
     engine = ColdStartEngine(prepared.model, prepared.store, devices, graphs=True)
     for cycle in range(CYCLES):
-        _cold_then_warm(engine, inputs, schedule, True, expected, f"graph-regime plan #{cycle}")
+        cold_then_warm(engine, inputs, schedule, True, expected, f"graph-regime plan #{cycle}")
         engine.evict()
     engine.close()
 
@@ -193,7 +143,7 @@ def test_graphs_share_one_pool_that_outlives_every_model_and_shapes_are_capped()
     engine.infer(inputs, schedule)  # cold
     for seq in range(4, 4 + MAX_SHAPES + 3):
         inputs = prepared.model.example_inputs(1, seq)
-        expected = _reference("tiny-bert", "float32", inputs)
+        expected = reference_output("tiny-bert", "float32", inputs)
         for _ in range(2):  # capture (or eager past the cap), then replay
             out = engine.infer(inputs, schedule).output
             torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4, msg=f"seq {seq}")
@@ -207,13 +157,13 @@ def test_target_other_than_gpu0_from_a_thread_on_gpu0() -> None:
     """An engine host serves models of one target GPU from threads that last used another GPU."""
     prepared = prepare("tiny-bert")
     inputs = prepared.model.example_inputs(1)
-    expected = _reference("tiny-bert", "float32", inputs)
+    expected = reference_output("tiny-bert", "float32", inputs)
     order = [1, 0, *range(2, min(4, torch.cuda.device_count()))]
     engine = ColdStartEngine(prepared.model, prepared.store, [torch.device("cuda", i) for i in order])
     n = len(prepared.table)
-    for mode, (schedule, overlap) in _schedules(n, prepared.table.nbytes).items():
+    for mode, (schedule, overlap) in schedules_by_mode(n, prepared.table.nbytes).items():
         # Before each request the thread's current device is set to one that is not the target.
-        _cold_then_warm(
+        cold_then_warm(
             engine, inputs, schedule, overlap, expected, f"{mode} on cuda:1", lambda: torch.cuda.set_device(0)
         )
         engine.evict()
@@ -245,7 +195,7 @@ def test_served_model_warms_up_at_load_on_its_device_thread(tmp_path, monkeypatc
         x = np.random.default_rng(3).integers(0, 1000, (1, 8), dtype=np.int64)
         first = served.answer([{"input_ids": x}])[0]
         assert first.error is None and first.cold
-        expected = _reference("tiny-bert", "float32", {"input_ids": torch.from_numpy(x)})
+        expected = reference_output("tiny-bert", "float32", {"input_ids": torch.from_numpy(x)})
         torch.testing.assert_close(torch.from_numpy(first.output), expected, rtol=1e-4, atol=1e-4)
     finally:
         served.close()
@@ -320,7 +270,7 @@ def test_every_graph_model_captures_its_graphs_at_load(tmp_path, monkeypatch) ->
         for m in models:
             assert m.engine.replays_graph(m.schedule, m.validate(arrays)), m.key  # captured at load, not later
             assert not m.engine.is_resident
-        expected = _reference("tiny-bert", "float32", example)
+        expected = reference_output("tiny-bert", "float32", example)
         for m in models:
             layouts = list(m.engine._layouts.values())
             captured = sum(len(layout.warm_graphs) for layout in layouts)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.measure import plain_model_output
 from deepplan_backend.runtime import spare_memory
+from tests.gpu.engine_checks import reference_output
 
 pytestmark = [
     pytest.mark.gpu,
@@ -71,7 +71,7 @@ def _cycle(models: list) -> list[int]:
             example = m.model.example_inputs(1, m.settings.seq_len, seed=11)
             answer = m.answer([{k: v.numpy() for k, v in example.items()}])[0]
             assert answer.error is None and answer.cold, m.key
-            expected = plain_model_output(m.model.name, "float32", torch.device("cuda:0"), example)
+            expected = reference_output(m.model.name, "float32", example)
             torch.testing.assert_close(torch.from_numpy(np.asarray(answer.output)), expected, rtol=1e-4, atol=1e-4)
         torch.cuda.synchronize()
         free, total = torch.cuda.mem_get_info(0)

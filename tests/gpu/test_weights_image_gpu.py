@@ -17,7 +17,7 @@ import torch
 
 from deepplan_backend.runtime.engine import ColdStartEngine
 from deepplan_backend.runtime.prepared import prepare_imaged
-from tests.gpu.test_engines_gpu import _cold_then_warm, _reference, _schedules
+from tests.gpu.engine_checks import cold_then_warm, reference_output, schedules_by_mode
 
 pytestmark = [
     pytest.mark.gpu,
@@ -38,13 +38,13 @@ def test_engine_from_a_mapped_image_matches_plain_model(folder: Path, name: str)
     assert built.image is not None and mapped.image is not None
     assert built.image.pinned and mapped.image.pinned and mapped.store.pinned
     inputs = mapped.model.example_inputs(1)
-    expected = _reference(name, "float32", inputs)
+    expected = reference_output(name, "float32", inputs)
     devices = [torch.device("cuda", i) for i in range(min(4, torch.cuda.device_count()))]
     for label, prepared in (("built", built), ("mapped", mapped)):
         engine = ColdStartEngine(prepared.model, prepared.store, devices)
-        for mode, (schedule, overlap) in _schedules(len(prepared.table), prepared.table.nbytes).items():
+        for mode, (schedule, overlap) in schedules_by_mode(len(prepared.table), prepared.table.nbytes).items():
             for cycle in range(2):
-                _cold_then_warm(engine, inputs, schedule, overlap, expected, f"{label} {mode} #{cycle}")
+                cold_then_warm(engine, inputs, schedule, overlap, expected, f"{label} {mode} #{cycle}")
                 engine.evict()
         engine.close()
     report = {
