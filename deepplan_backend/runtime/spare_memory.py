@@ -6,10 +6,11 @@ Making room for a cold start evicts models, and each eviction gave its physical 
 (``benchmark.arena_mapping``, session 15); on a full server nearly every cold start evicts, on its critical path.
 
 Inside `reusing()`, an arena unmapped on this thread keeps its physical allocation here (`keep`) instead of
-releasing it, and an arena of the same size and device mapped on this thread takes it (`take`). What is not taken
-goes back to the driver when the scope ends, or as soon as an arena of another size needs memory of that device,
-so the device never holds more than the residency budget counts. Evictions on other threads, such as one asked
-by another process over the residency listener, release at once: that process allocates its own memory.
+releasing it, and an arena of the same size and device mapped on this thread takes it (`take`). The rest goes
+back to the driver as soon as an arena of that device is mapped, or when the scope ends: memory the residency
+budget no longer counts is held only between the evictions and the cold start's mapping, within one device job.
+Evictions on other threads, such as one asked by another process over the residency listener, release at once:
+that process allocates its own memory.
 
 ``DEEPPLAN_REUSE_EVICTED_MEMORY=0`` turns the reuse off (every eviction releases), for comparison.
 """
@@ -69,25 +70,30 @@ def keep(device: int, size: int, handle: Any, release: Callable[[Any], None]) ->
 
 
 def take(device: int, size: int) -> Any | None:
-    """A kept allocation of exactly `size` bytes on `device`, or None.
+    """A kept allocation of exactly `size` bytes on `device`, or None; the others kept for `device` are released.
 
-    On None, every allocation kept for `device` has been released: the caller is about to allocate on it, and
-    the memory it needs may be exactly what the scope holds.
+    The caller is about to map its arena on `device`. A cold start maps one arena there, so nothing else kept for
+    that device can be used: it goes back to the driver now, before the caller allocates (the memory it needs may
+    be exactly what is kept) and before the cold start runs (the budget no longer counts it).
     """
     global _taken_total
     kept = getattr(_local, "kept", None)
     if not kept:
         return None
-    for i, k in enumerate(kept):
-        if k.device == device and k.size == size:
-            del kept[i]
-            with _count_lock:
-                _taken_total += 1
-            return k.handle
     mine = [k for k in kept if k.device == device]
     kept[:] = [k for k in kept if k.device != device]
-    _release(mine)
-    return None
+    match = next((k for k in mine if k.size == size), None)
+    try:
+        _release([k for k in mine if k is not match])
+    except BaseException:
+        if match is not None:  # the caller gets the failure, not the allocation: it must not stay allocated
+            _release([match])
+        raise
+    if match is None:
+        return None
+    with _count_lock:
+        _taken_total += 1
+    return match.handle
 
 
 def taken_total() -> int:

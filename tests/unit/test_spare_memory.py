@@ -53,13 +53,25 @@ def test_another_size_releases_that_devices_kept_memory_before_allocating() -> N
     assert d.released == ["gpu0-small"]
 
 
-def test_what_no_arena_took_is_released_when_the_scope_ends() -> None:
+def test_one_allocation_per_device_is_taken_and_the_rest_released_at_once() -> None:
+    """Two victims of one size: the cold start maps one arena, so the second goes back before it runs."""
     d = _Driver()
     with spare_memory.reusing():
         spare_memory.keep(0, 100, "a", d.release)
         spare_memory.keep(0, 100, "b", d.release)
         assert spare_memory.take(0, 100) == "a"
+        assert d.released == ["b"]
     assert d.released == ["b"]
+
+
+def test_what_no_arena_took_is_released_when_the_scope_ends() -> None:
+    d = _Driver()
+    with spare_memory.reusing():
+        spare_memory.keep(0, 100, "a", d.release)
+        spare_memory.keep(1, 100, "b", d.release)
+        assert spare_memory.take(1, 100) == "b"
+        assert d.released == []
+    assert d.released == ["a"]
     assert not spare_memory.keep(0, 100, "c", d.release)  # the scope is closed
 
 
@@ -110,3 +122,17 @@ def test_a_failed_release_does_not_skip_the_others() -> None:
         spare_memory.keep(0, 100, "a", broken)
         spare_memory.keep(0, 100, "b", d.release)
     assert d.released == ["b"]
+
+
+def test_a_failed_release_of_the_rest_does_not_leave_the_match_allocated() -> None:
+    d = _Driver()
+
+    def broken(handle: str) -> None:
+        raise OSError(f"cannot release {handle}")
+
+    with spare_memory.reusing():
+        spare_memory.keep(0, 200, "other", broken)
+        spare_memory.keep(0, 100, "match", d.release)
+        with pytest.raises(OSError, match="cannot release other"):
+            spare_memory.take(0, 100)
+        assert d.released == ["match"]
