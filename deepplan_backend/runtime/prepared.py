@@ -39,14 +39,15 @@ class PreparedModel:
     from an image: map, skeleton, bind, pin."""
     image: WeightsImage | None = None
     """The weights image the host store lives in, if any (released with the last user of these weights)."""
+    mapped: bool = False
+    """The host store is an image another process prepared (this one only mapped it)."""
 
     @property
     def origin(self) -> str:
         """How the host store came to be, for the log: prepared here, or prepared in / mapped from an image."""
         if self.image is None:
             return "prepared"
-        verb = "mapped from" if "map" in self.prepare_ms else "prepared in"
-        return f"{verb} image {self.image.path.name}"
+        return f"{'mapped from' if self.mapped else 'prepared in'} image {self.image.path.name}"
 
     @property
     def fingerprint(self) -> str:
@@ -121,7 +122,8 @@ def prepare_imaged(folder: Path, name_or_path: str, dtype: str = "float32", seed
         "bind": bound - built,
         "pin": time.perf_counter() - bound,
     }
-    return PreparedModel(model, mapped.table, store, {k: v * 1e3 for k, v in laps.items()}, image=mapped)
+    laps_ms = {k: v * 1e3 for k, v in laps.items()}
+    return PreparedModel(model, mapped.table, store, laps_ms, image=mapped, mapped=True)
 
 
 def _open_image(folder: Path, key: ImageKey) -> WeightsImage | None:
@@ -210,7 +212,8 @@ def prepare_shared(
     module = base.model.module
     keep = {id(t): t for t in (*module.parameters(), *module.buffers())}
     clone = copy.deepcopy(module, memo=dict(keep))
-    return PreparedModel(dataclasses.replace(base.model, module=clone), base.table, base.store, image=base.image)
+    model = dataclasses.replace(base.model, module=clone)
+    return PreparedModel(model, base.table, base.store, image=base.image, mapped=base.mapped)
 
 
 def release_shared(name_or_path: str, dtype: str = "float32", seed: int = 0) -> None:

@@ -164,6 +164,18 @@ def test_shared_users_keep_the_image_until_the_last_release(folder):
     assert ("tiny-roberta", "float32", 0) not in prepared_module._shared_stores
 
 
+def test_every_shared_user_says_how_its_weights_came(folder):
+    """A served instance is a clone of the process's first user: it must report a mapped image as mapped."""
+    elsewhere = prepare_imaged(folder, "tiny-roberta")  # stands for the process that built the image
+    first = prepare_shared("tiny-roberta", image_folder=folder)
+    second = prepare_shared("tiny-roberta", image_folder=folder)
+    assert first.origin == second.origin == f"mapped from image {elsewhere.image.path.name}"
+    release_shared("tiny-roberta")
+    release_shared("tiny-roberta")
+    elsewhere.image.release()
+    assert _images(folder) == []
+
+
 def test_a_checkpoint_source_changes_with_its_files(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     before = source_identity(str(tmp_path))
