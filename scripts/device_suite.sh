@@ -5,8 +5,8 @@
 # (default $OUT, else results/device), tarred at the end. Wheels: scripts/device_wheels.sh, installed first.
 #   scripts/device_suite.sh [STEP ...]     steps: tests triton triton_eager triton_instance engine fig10 scale
 #                                          fig12 limit limit_eager residency host_death host_death_no_standby
-#                                          host_death_no_images host_death_warm_now
-#                                          (default: all but limit_eager, residency and the host_death ones)
+#                                          host_death_no_images host_death_warm_now arena
+#                                          (default: all but limit_eager, residency, arena and the host_death ones)
 # SUITE_BUDGET_S (default 580): the whole run's limit; a step gets at most what is left of it, minus 15 s for
 # the tar, so that a device call's own limit never kills the run before its logs are packed.
 # FIG12_INSTANCES / FIG12_RATE / FIG12_DURATION_S (default "20 40 80" / 100 / 20): the paper's 4-GPU point set;
@@ -84,6 +84,9 @@ for step in $steps; do
         limit_eager) run coldstart_limit_eager 560 python3 -m benchmark.coldstart_limit --eager-plans \
             ${LIMIT_ARGS:---all --dtypes float32 float16} -p "$L/plans" -n 8 --warmup 2 \
             -o "$L/coldstart_limit_eager_plans.csv" ;;
+        # What mapping and evicting an arena cost in driver calls, with the physical memory released or kept.
+        arena) run arena_mapping 120 python3 -m benchmark.arena_mapping --sizes-mib 100 344 1280 \
+            --chunks-mib 0 32 64 -n 10 -o "$L/arena_mapping.csv" ;;
         # CPU only (the device host's cores, not the GPUs): the residency's state-file layout, 4 hosts at once.
         residency) run residency_layout 90 python3 -m benchmark.residency_layout --hosts 4 \
             -o "$L/residency_layout.csv" ;;
