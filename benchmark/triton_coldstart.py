@@ -460,6 +460,8 @@ class ServerLog:
     def __call__(self, line: str) -> None:
         """Take one log line."""
         with self._lock:
+            if self.file.closed:  # a host lingered past `serve.HOST_OUTPUT_WAIT_S`: its last lines are lost
+                return
             self.file.write(line)
             self.file.flush()
         t = TRACE_LINE.search(line)
@@ -944,6 +946,7 @@ class Bench:
             say("stopping tritonserver")
             code = self.server.stop()
             say(f"tritonserver exited with code {code}")
+            self.server.wait_output_closed()  # an engine host's last lines (it lingers a moment) go in server.log
         self.log.close()
 
     # -- results --

@@ -46,6 +46,9 @@ from deepplan_backend.runtime.residency import STATE_DIR_ENV, remove_unused_stat
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 LOOPBACK = "127.0.0.1"
+HOST_OUTPUT_WAIT_S = 10.0
+"""How long a caller that closes its log sink waits, after the server's exit, for engine hosts that still print to the
+server's output: they linger for `engine_host.LINGER_S` after their last model, then say they exit."""
 
 ADMIN_TOKEN_ENV = "DEEPPLAN_ADMIN_TOKEN"
 """Environment variable holding the model-repository API token; a random one is generated when unset."""
@@ -366,7 +369,7 @@ class TritonServer:
                 self._errors.append(line)
             self._sink(line)
 
-    def wait_output_closed(self, timeout_s: float) -> bool:
+    def wait_output_closed(self, timeout_s: float = HOST_OUTPUT_WAIT_S) -> bool:
         """Wait until nothing can print to the server's log any more; whether that happened within `timeout_s`.
 
         Engine hosts inherit the server's output and may outlive it by their linger time (their last lines, e.g.

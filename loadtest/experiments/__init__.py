@@ -76,9 +76,6 @@ COLUMNS = (
 )
 
 T0 = time.monotonic()
-HOST_LINGER_WAIT_S = 10.0
-"""How long a point waits, after the server's exit, for engine hosts that still print to its log (they linger
-for `engine_host.LINGER_S` after their last model)."""
 
 
 def say(msg: str) -> None:
@@ -286,7 +283,7 @@ def experiment_server(repo: Path, log: IO[str], ready_timeout_s: float) -> tuple
     )
 
     def sink(line: str) -> None:
-        with contextlib.suppress(ValueError):  # closed: a host lingered past `HOST_LINGER_WAIT_S`, its last lines lost
+        with contextlib.suppress(ValueError):  # closed: a host lingered past HOST_OUTPUT_WAIT_S, its last lines lost
             log.write(line)
 
     return serve.TritonServer(cfg, log_sink=sink), cfg
@@ -379,7 +376,7 @@ def run_point(
         if server.pid is not None:
             code = server.stop()
             say(f"  tritonserver stopped (exit code {code})")
-            server.wait_output_closed(HOST_LINGER_WAIT_S)  # a lingering engine host's last lines go in the log
+            server.wait_output_closed()  # a lingering engine host's last lines go in the log
         log.close()
     return res
 

@@ -90,4 +90,7 @@ def test_quick_run_writes_complete_correct_results(tmp_path):
     assert doc["served_on"]["tiny-bert"]["devices"] == ["cpu"]
     log_text = (out / "server.log").read_text()
     assert "deepplan: tiny-bert_0_0 ready" in log_text
+    # The engine host lingers after the server and says so last: the log waits for it (it was closed under it).
+    assert "no model left" in log_text and "exiting" in log_text
+    assert "I/O operation on closed file" not in log, log
     assert "successfully loaded 'tiny-bert-python'" in log_text or "tiny-bert-python" in log_text
