@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from deepplan_backend.hosting.wire import MAX_HEADER_BYTES, WireError, recv_message, send_message
+from deepplan_backend.hosting.wire import MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES, WireError, recv_message, send_message
 
 
 @pytest.fixture
@@ -42,9 +42,10 @@ def test_object_arrays_are_not_sent(pair):
         send_message(pair[0], {}, [np.array(["x"], dtype=object)])
 
 
-def _raw(sock: socket.socket, header: dict, payload: bytes = b"") -> None:
+def _raw(sock: socket.socket, header: dict, payload: bytes = b"", declared: int | None = None) -> None:
+    """A frame as a peer could write it: `declared` array bytes (default: the payload's length)."""
     head = json.dumps(header).encode()
-    sock.sendall(struct.pack("!I", len(head)) + head + payload)
+    sock.sendall(struct.pack("!IQ", len(head), len(payload) if declared is None else declared) + head + payload)
 
 
 @pytest.mark.parametrize(
@@ -52,7 +53,7 @@ def _raw(sock: socket.socket, header: dict, payload: bytes = b"") -> None:
     [
         ({"arrays": [{"dtype": "object", "shape": [1]}]}, "not allowed"),
         ({"arrays": [{"dtype": "float32", "shape": [-1]}]}, "negative"),
-        ({"arrays": [{"dtype": "float32", "shape": [1 << 20, 1 << 20]}]}, "exceeds"),
+        ({"arrays": [{"dtype": "float32", "shape": [1 << 20, 1 << 20]}]}, "need 4398046511104 bytes"),
         ({"arrays": [{"shape": [1]}]}, "malformed"),
     ],
 )
@@ -65,14 +66,68 @@ def test_malformed_headers_are_refused(pair, header, needle):
 
 def test_huge_header_length_is_refused_before_reading(pair):
     a, b = pair
-    a.sendall(struct.pack("!I", MAX_HEADER_BYTES + 1))
+    a.sendall(struct.pack("!IQ", MAX_HEADER_BYTES + 1, 0))
     with pytest.raises(WireError, match="exceeds"):
         recv_message(b)
 
 
+def test_huge_payload_length_is_refused_before_reading(pair):
+    a, b = pair
+    a.sendall(struct.pack("!IQ", 2, MAX_PAYLOAD_BYTES + 1))
+    with pytest.raises(WireError, match="payload .* exceeds"):
+        recv_message(b)
+
+
+def test_arrays_must_fill_the_payload_exactly(pair):
+    a, b = pair
+    _raw(a, {"arrays": [{"dtype": "int64", "shape": [2]}]}, payload=b"\0" * 24)  # 16 needed, 24 sent
+    with pytest.raises(WireError, match="need 16 bytes, the message carries 24"):
+        recv_message(b)
+
+
+class _CountingSocket:
+    """A socket whose sendmsg calls are counted (a socket's own methods cannot be replaced)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.calls: list[int] = []
+
+    def sendmsg(self, parts) -> int:
+        self.calls.append(len(parts))
+        return self.sock.sendmsg(parts)
+
+
+def test_one_message_is_one_sendmsg(pair):
+    """Every socket call gives the GIL up and takes it back: a message goes out in one call."""
+    a, b = pair
+    counting = _CountingSocket(a)
+    send_message(counting, {"op": "answer"}, [np.ones((1, 128), np.int64), np.ones(3, np.float32)])  # type: ignore[arg-type]
+    assert counting.calls == [3]
+    header, got = recv_message(b)
+    assert header == {"op": "answer"} and [g.shape for g in got] == [(1, 128), (3,)]
+
+
+def test_a_large_message_survives_partial_sends(pair):
+    """A socket buffer smaller than the message: sendmsg takes part of it at a time."""
+    import threading
+
+    a, b = pair
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    a.settimeout(10.0)  # as the front end's sockets: each sendmsg then sends what fits and returns
+    counting = _CountingSocket(a)
+    image = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)  # 602 KB
+    sender = threading.Thread(target=send_message, args=(counting, {"op": "answer"}, [np.arange(5), image]))
+    sender.start()
+    header, got = recv_message(b)
+    sender.join()
+    assert len(counting.calls) > 1 and counting.calls[-1] == 1  # resumed inside the image
+    np.testing.assert_array_equal(got[0], np.arange(5))
+    np.testing.assert_array_equal(got[1], image)
+
+
 def test_closed_connection_mid_message(pair):
     a, b = pair
-    _raw(a, {"arrays": [{"dtype": "int64", "shape": [4]}]}, payload=b"\0" * 8)  # 8 of 32 bytes
+    _raw(a, {"arrays": [{"dtype": "int64", "shape": [4]}]}, payload=b"\0" * 8, declared=32)  # 8 of 32 bytes
     a.close()
     with pytest.raises(WireError, match="closed"):
         recv_message(b)
