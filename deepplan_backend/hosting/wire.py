@@ -49,7 +49,8 @@ def send_message(sock: socket.socket, header: dict[str, Any], arrays: Sequence[n
         raise WireError(f"header of {len(head)} bytes exceeds {MAX_HEADER_BYTES}")
     payload = sum(a.nbytes for a in contiguous)
     # The arrays' own memory, not a copy (a 600 KB image is sent as it is).
-    parts = [_PREFIX.pack(len(head), payload) + head, *(a.data.cast("B") for a in contiguous if a.nbytes)]
+    parts: list[bytes | memoryview] = [_PREFIX.pack(len(head), payload) + head]
+    parts += [a.data.cast("B") for a in contiguous if a.nbytes]
     _send_parts(sock, parts)
 
 
