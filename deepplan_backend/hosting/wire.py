@@ -11,8 +11,8 @@ cause an error, never code execution. Sizes are checked before anything is alloc
 A message leaves in one ``sendmsg`` and arrives in two reads (the lengths, then the rest), because every socket
 call releases the GIL and must take it back: in an engine host whose device thread holds the GIL, each extra
 call can wait for it. With a thread spinning in Python on the answering side, a front-end round trip took p90
-10.6 ms this way against 16.0-19.0 ms with a call per part; without that thread, p50 0.13-0.15 against 0.16-0.20
-ms (2-core CPU host, `results/logs/s15/cpu_wire_ab/`).
+10.7-11.1 ms this way against 16.7-18.8 ms with a call per part; without that thread, 0.2-0.3 ms either way
+(2-core CPU host, two runs, `results/logs/s15/cpu_wire_ab/`).
 """
 
 from __future__ import annotations
