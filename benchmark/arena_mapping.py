@@ -60,29 +60,16 @@ class _Range:
 
     def __init__(self, nbytes: int, chunk: int) -> None:
         from deepplan_backend.runtime import cuda_driver
+        from deepplan_backend.runtime.arena import access_descriptors, device_allocation
 
         self.cu = cu = cuda_driver.driver()
         self.check = cuda_driver.check
-        prop = cu.CUmemAllocationProp()
-        prop.type = cu.CUmemAllocationType.CU_MEM_ALLOCATION_TYPE_PINNED
-        prop.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
-        prop.location.id = 0
-        self.prop = prop
-        gran = self.check(
-            cu.cuMemGetAllocationGranularity(
-                prop, cu.CUmemAllocationGranularity_flags.CU_MEM_ALLOC_GRANULARITY_MINIMUM
-            ),
-            "cuMemGetAllocationGranularity",
-        )
+        self.prop, gran = device_allocation(0)  # what the arenas allocate, so that this times their calls
         self.size = -(-nbytes // gran) * gran
         piece = -(-chunk // gran) * gran if chunk else self.size
         self.pieces = [min(piece, self.size - off) for off in range(0, self.size, piece)]
         self.ptr = self.check(cu.cuMemAddressReserve(self.size, 0, 0, 0), "cuMemAddressReserve")
-        desc = cu.CUmemAccessDesc()
-        desc.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
-        desc.location.id = 0
-        desc.flags = cu.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
-        self.desc = desc
+        self.descs = access_descriptors([0])
         self.handles: list[Any] = []
 
     def create(self) -> float:
@@ -102,9 +89,9 @@ class _Range:
         return _timed(go)[1]
 
     def access(self) -> float:
-        return _timed(
-            lambda: self.check(self.cu.cuMemSetAccess(self.ptr, self.size, [self.desc], 1), "cuMemSetAccess")
-        )[1]
+        return _timed(lambda: self.check(self.cu.cuMemSetAccess(self.ptr, self.size, self.descs, 1), "cuMemSetAccess"))[
+            1
+        ]
 
     def unmap(self) -> float:
         return _timed(lambda: self.check(self.cu.cuMemUnmap(self.ptr, self.size), "cuMemUnmap"))[1]
@@ -127,7 +114,7 @@ def measure(mode: str, nbytes: int, chunk: int, cycles: int) -> dict[str, float]
     """Median milliseconds of each call over `cycles` provision/evict cycles of one arena (one warm-up cycle first)."""
     import torch
 
-    from deepplan_backend.runtime.arena import _DevicePointer
+    from deepplan_backend.runtime.arena import DevicePointer
 
     r = _Range(nbytes, chunk)
     source = torch.empty(r.size, dtype=torch.uint8).pin_memory()
@@ -140,7 +127,7 @@ def measure(mode: str, nbytes: int, chunk: int, cycles: int) -> dict[str, float]
             lap = {"create": r.create() if mode == "fresh" else 0.0}
             lap["map"] = r.map()
             lap["access"] = r.access()
-            target = torch.as_tensor(_DevicePointer(int(r.ptr), r.size), device="cuda:0")
+            target = torch.as_tensor(DevicePointer(int(r.ptr), r.size), device="cuda:0")
             start = time.perf_counter()
             target.copy_(source, non_blocking=True)
             torch.cuda.synchronize()

@@ -79,7 +79,34 @@ class HostArena:
 _check = functools.partial(cuda_driver.check, error=ArenaError)
 
 
-class _DevicePointer:
+def device_allocation(index: int) -> tuple[Any, int]:
+    """What an arena allocates on GPU `index` (pinned device memory), and the granularity its sizes round up to."""
+    cu = cuda_driver.driver()
+    prop = cu.CUmemAllocationProp()
+    prop.type = cu.CUmemAllocationType.CU_MEM_ALLOCATION_TYPE_PINNED
+    prop.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+    prop.location.id = index
+    granularity = _check(
+        cu.cuMemGetAllocationGranularity(prop, cu.CUmemAllocationGranularity_flags.CU_MEM_ALLOC_GRANULARITY_MINIMUM),
+        "cuMemGetAllocationGranularity",
+    )
+    return prop, int(granularity)
+
+
+def access_descriptors(indices: Sequence[int]) -> list[Any]:
+    """Read-write access for each GPU of `indices`, as ``cuMemSetAccess`` takes it."""
+    cu = cuda_driver.driver()
+    descs = []
+    for index in indices:
+        desc = cu.CUmemAccessDesc()
+        desc.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+        desc.location.id = index
+        desc.flags = cu.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+        descs.append(desc)
+    return descs
+
+
+class DevicePointer:
     """`__cuda_array_interface__` over a raw device range, so PyTorch can alias it without owning it."""
 
     def __init__(self, ptr: int, nbytes: int) -> None:
@@ -101,17 +128,7 @@ class CudaArena:
         self.device = device
         self.index = device.index if device.index is not None else torch.cuda.current_device()
         self._access = [self.index] + [p.index for p in peers if p.index is not None and p.index != self.index]
-        prop = cu.CUmemAllocationProp()
-        prop.type = cu.CUmemAllocationType.CU_MEM_ALLOCATION_TYPE_PINNED
-        prop.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
-        prop.location.id = self.index
-        self._prop = prop
-        granularity = _check(
-            cu.cuMemGetAllocationGranularity(
-                prop, cu.CUmemAllocationGranularity_flags.CU_MEM_ALLOC_GRANULARITY_MINIMUM
-            ),
-            "cuMemGetAllocationGranularity",
-        )
+        self._prop, granularity = device_allocation(self.index)
         self.nbytes = nbytes
         self._size = max(granularity, (nbytes + granularity - 1) // granularity * granularity)
         with torch.cuda.device(self.index):
@@ -136,13 +153,7 @@ class CudaArena:
                 handle = _check(cu.cuMemCreate(self._size, self._prop, 0), f"cuMemCreate({self._size} bytes)")
             try:
                 _check(cu.cuMemMap(self._ptr, self._size, 0, handle, 0), "cuMemMap")
-                descs = []
-                for dev in self._access:
-                    desc = cu.CUmemAccessDesc()
-                    desc.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
-                    desc.location.id = dev
-                    desc.flags = cu.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
-                    descs.append(desc)
+                descs = access_descriptors(self._access)
                 _check(cu.cuMemSetAccess(self._ptr, self._size, descs, len(descs)), "cuMemSetAccess")
             except ArenaError:
                 cu.cuMemUnmap(self._ptr, self._size)
@@ -152,7 +163,7 @@ class CudaArena:
         self.mapped = True
         if self.tensor.numel() != self.nbytes:
             # Built once, while mapped (PyTorch inspects the pointer); valid for every later mapping.
-            self.tensor = torch.as_tensor(_DevicePointer(self.address, self.nbytes), device=self.device)
+            self.tensor = torch.as_tensor(DevicePointer(self.address, self.nbytes), device=self.device)
 
     def unmap(self) -> None:
         """Unmap and release the physical memory (or keep it for a cold start: `spare_memory`); the address stays."""
