@@ -36,7 +36,7 @@ class PreparedModel:
     store: HostStore
     prepare_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     """Where `prepare` spent its time: build (with the imports it triggers), table, pack (pinning included); or,
-    from an image: map, skeleton, bind, pin."""
+    from an image: map, pin, skeleton, bind."""
     image: WeightsImage | None = None
     """The weights image the host store lives in, if any (released with the last user of these weights)."""
     mapped: bool = False
@@ -100,13 +100,13 @@ def prepare_imaged(folder: Path, name_or_path: str, dtype: str = "float32", seed
                 return _build_image(folder, key, name_or_path, dtype, seed)
     opened = time.perf_counter()
     try:
+        mapped.pin()
+        pinned = time.perf_counter()
         model = load_model(name_or_path, dtype=dtype, seed=seed, skeleton=True)
         built = time.perf_counter()
-        store = HostStore(mapped.table, mapped.buffer, pinned=torch.cuda.is_available())
+        store = HostStore(mapped.table, mapped.buffer, pinned=mapped.pinned)
         store.bind_host(model.module)
         _check_bound(model.module)
-        bound = time.perf_counter()
-        mapped.pin()
     except (ImageError, OSError) as exc:
         mapped.release()
         print(
@@ -118,9 +118,9 @@ def prepare_imaged(folder: Path, name_or_path: str, dtype: str = "float32", seed
         raise
     laps = {
         "map": opened - start,
-        "skeleton": built - opened,
-        "bind": bound - built,
-        "pin": time.perf_counter() - bound,
+        "pin": pinned - opened,
+        "skeleton": built - pinned,
+        "bind": time.perf_counter() - built,
     }
     laps_ms = {k: v * 1e3 for k, v in laps.items()}
     return PreparedModel(model, mapped.table, store, laps_ms, image=mapped, mapped=True)
@@ -158,7 +158,7 @@ def _pack_into_new_image(
         return None
     try:
         image.pin()
-        store = HostStore.pack_into(model.module, table, image.buffer, pinned=torch.cuda.is_available())
+        store = HostStore.pack_into(model.module, table, image.buffer, pinned=image.pinned)
         image.publish(key)
     except OSError as exc:  # page-locking refused (memlock limit, ...): the module still holds its own tensors
         image.discard()
