@@ -90,7 +90,7 @@ def prepare_imaged(folder: Path, name_or_path: str, dtype: str = "float32", seed
     try:
         ensure_private_folder(folder)
     except ImageError as exc:
-        print(f"deepplan: no weights images ({exc}); this process packs its own copy", flush=True)
+        _own_copy(f"no weights images ({exc})")
         return prepare(name_or_path, dtype, seed)
     mapped = _open_image(folder, key)
     if mapped is None:
@@ -109,9 +109,7 @@ def prepare_imaged(folder: Path, name_or_path: str, dtype: str = "float32", seed
         _check_bound(model.module)
     except (ImageError, OSError) as exc:
         mapped.release()
-        print(
-            f"deepplan: weights image of {name_or_path} not used ({exc}); this process packs its own copy", flush=True
-        )
+        _own_copy(f"weights image of {name_or_path} not used ({exc})")
         return prepare(name_or_path, dtype, seed)
     except BaseException:
         mapped.release()
@@ -154,7 +152,7 @@ def _pack_into_new_image(
     try:
         image = WeightsImage.create(folder, key, table)
     except OSError as exc:  # e.g. /dev/shm too small (a container's default is 64 MiB)
-        print(f"deepplan: no weights image for {model.name} ({exc}); this process packs its own copy", flush=True)
+        _own_copy(f"no weights image for {model.name} ({exc})")
         return None
     try:
         image.pin()
@@ -162,12 +160,17 @@ def _pack_into_new_image(
         image.publish(key)
     except OSError as exc:  # page-locking refused (memlock limit, ...): the module still holds its own tensors
         image.discard()
-        print(f"deepplan: no weights image for {model.name} ({exc}); this process packs its own copy", flush=True)
+        _own_copy(f"no weights image for {model.name} ({exc})")
         return None
     except BaseException:
         image.discard()
         raise
     return store, image
+
+
+def _own_copy(reason: str) -> None:
+    """Say why this process packs its own host copy instead of using a weights image."""
+    print(f"deepplan: {reason}; this process packs its own copy", flush=True)
 
 
 def _check_bound(module: torch.nn.Module) -> None:
