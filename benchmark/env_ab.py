@@ -78,17 +78,17 @@ def summarize(runs: list[dict[str, Any]], values: tuple[str, str], metrics: Sequ
             b = [x for v, x in per_run if v == change and x is not None]
             if not a or not b:
                 continue
+            mean_a, mean_b = statistics.mean(a), statistics.mean(b)
             pairs = [per_run[i : i + 2] for i in range(0, len(per_run) - 1, 2)]
             second_minus_first = [
-                (p[1][1] - p[0][1]) - ((1 if p[1][0] == change else -1) * (statistics.mean(b) - statistics.mean(a)))
-                for p in pairs
-                if p[0][1] is not None and p[1][1] is not None
+                (second - first) - (mean_b - mean_a if second_value == change else mean_a - mean_b)
+                for (_, first), (second_value, second) in pairs
+                if first is not None and second is not None
             ]
             records.append({
                 "key": key, "metric": metric, "baseline": baseline, "change": change,
-                "baseline_mean": statistics.mean(a), "change_mean": statistics.mean(b),
-                "difference": statistics.mean(b) - statistics.mean(a),
-                "ratio": statistics.mean(b) / statistics.mean(a) if statistics.mean(a) else None,
+                "baseline_mean": mean_a, "change_mean": mean_b, "difference": mean_b - mean_a,
+                "ratio": mean_b / mean_a if mean_a else None,
                 "order_effect": statistics.mean(second_minus_first) if second_minus_first else None,
                 "rounds": len(pairs),
             })  # fmt: skip
