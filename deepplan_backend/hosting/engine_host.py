@@ -58,8 +58,8 @@ GIL_SWITCH_ENV = "DEEPPLAN_GIL_SWITCH_MS"
 
 A thread that wants the GIL while another runs Python (a connection thread with a request to read or a reply to
 send, while the device thread runs an eager forward) waits up to this long. In a CPU experiment with a spinning
-thread, 1 ms cut a round trip's p90 from 10.7 to 2.6 ms (`results/logs/s15/cpu_wire_ab/`); whether serving gains
-is not measured yet, so the default stays Python's."""
+thread, 1 ms cut a round trip's p90 from 10.7 to 2.6 ms (`results/logs/s15/cpu_wire_ab/`). Serving BERT-Base on an
+H100 did not gain (p50 0.44 ms worse with 1 ms, `results/README.md`), so the default stays Python's."""
 
 
 class _Host:
