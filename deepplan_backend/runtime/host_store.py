@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .layers import Layer, LayerTable, bind_layer, bind_shared
+from .pinned_memory import exact_pinned_empty
 
 
 class _HostPointer:
@@ -54,11 +55,21 @@ class HostStore:
     def pack(cls, root: nn.Module, table: LayerTable, pin: bool | None = None) -> HostStore:
         """Copy every owned tensor of `root` into a new packed buffer, then rebind `root` to views of it.
 
-        Afterwards the module's original tensors are garbage, so the model is held in host memory once.
+        Afterwards the module's original tensors are garbage, so the model is held in host memory once. A pinned
+        buffer is page-locked at its exact size (`pinned_memory`), not PyTorch's next power of two.
         """
         if pin is None:
             pin = torch.cuda.is_available()
-        return cls.pack_into(root, table, torch.empty(max(table.total_bytes, 1), dtype=torch.uint8, pin_memory=pin))
+        nbytes = max(table.total_bytes, 1)
+        if not pin:
+            return cls.pack_into(root, table, torch.empty(nbytes, dtype=torch.uint8))
+        try:
+            buffer = exact_pinned_empty(nbytes)
+        except OSError as exc:
+            # PyTorch's allocator pins through another call (cudaHostAlloc); it costs up to twice the size
+            print(f"deepplan: exact-size pinning refused ({exc}); pinning through PyTorch's allocator", flush=True)
+            buffer = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        return cls.pack_into(root, table, buffer, pinned=True)
 
     @classmethod
     def pack_into(
