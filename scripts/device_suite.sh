@@ -5,7 +5,7 @@
 # (default $OUT, else results/device), tarred at the end. Wheels: scripts/device_wheels.sh, installed first.
 #   scripts/device_suite.sh [STEP ...]     steps: tests triton triton_eager triton_instance engine fig10 scale
 #                                          fig12 limit limit_eager residency host_death host_death_no_standby
-#                                          host_death_no_images host_death_warm_now arena
+#                                          host_death_no_images host_death_warm_now host_death_parallel arena
 #                                          (default: all but limit_eager, residency, arena and the host_death ones)
 # SUITE_BUDGET_S (default 580): the whole run's limit; a step gets at most what is left of it, minus 15 s for
 # the tar, so that a device call's own limit never kills the run before its logs are packed.
@@ -92,12 +92,14 @@ for step in $steps; do
             -o "$L/residency_layout.csv" ;;
         # host_death_no_standby: the same with DEEPPLAN_STANDBY=0 (a new process replaces the host: the baseline);
         # host_death_no_images: with the standby but DEEPPLAN_WEIGHT_IMAGES=0 (the replacement builds the weights);
-        # host_death_warm_now: DEEPPLAN_RECOVERY_WARM_UP=now (models warm up inside their registration again).
+        # host_death_warm_now: DEEPPLAN_RECOVERY_WARM_UP=now (models warm up inside their registration again);
+        # host_death_parallel: DEEPPLAN_RECOVERY_REGISTRATION=parallel (models register again all at once).
         # shellcheck disable=SC2086  # HOST_DEATH_ARGS is a list of options
-        host_death|host_death_no_standby|host_death_no_images|host_death_warm_now) run "$step" 300 \
+        host_death|host_death_no_standby|host_death_no_images|host_death_warm_now|host_death_parallel) run "$step" 300 \
             env DEEPPLAN_STANDBY="$([ "$step" = host_death_no_standby ] && echo 0 || echo 1)" \
             DEEPPLAN_WEIGHT_IMAGES="$([ "$step" = host_death_no_images ] && echo 0 || echo 1)" \
             DEEPPLAN_RECOVERY_WARM_UP="$([ "$step" = host_death_warm_now ] && echo now || echo later)" \
+            DEEPPLAN_RECOVERY_REGISTRATION="$([ "$step" = host_death_parallel ] && echo parallel || echo serial)" \
             python3 -m loadtest.experiments.host_death --model bert-base --duration-s 20 --kill-at-s 8 \
             --drain-s 5 --warmup-s 2 --budget 2GiB --out "$L/$step" \
             ${HOST_DEATH_ARGS:---instances 80 --engines deepplan+pt --rate 100} ;;

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import os
 import queue
 import select
@@ -60,6 +61,9 @@ A thread that wants the GIL while another runs Python (a connection thread with 
 send, while the device thread runs an eager forward) waits up to this long. In a CPU experiment with a spinning
 thread, 1 ms cut a round trip's p90 from 10.7 to 2.6 ms (`results/logs/s15/cpu_wire_ab/`). Serving BERT-Base on an
 H100 did not gain (p50 0.44 ms worse with 1 ms, `results/README.md`), so the default stays Python's."""
+RECOVERY_REGISTRATION_ENV = "DEEPPLAN_RECOVERY_REGISTRATION"
+"""``parallel``: models registering again after their host died set up all at once, as before session 16 (for
+comparison); by default (``serial``) one at a time (see `_Host._register`)."""
 
 
 class _Host:
@@ -74,6 +78,8 @@ class _Host:
         self._idle_since = time.monotonic()
         self._count_lock = threading.Lock()
         self._import_lock = threading.Lock()
+        self._recovery_lock = threading.Lock()
+        self._serial_recovery = os.environ.get(RECOVERY_REGISTRATION_ENV, "serial").strip() != "parallel"
         self._stall_report = StallReport.from_environment()
         self._standby: subprocess.Popen[bytes] | None = None
         self._standby_lock = threading.Lock()
@@ -214,21 +220,31 @@ class _Host:
             return None
         with self._import_lock:  # one thread pays PyTorch's import, the others wait for it
             from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
-        try:
-            settings = ServeSettings.from_parameters(header["params"], model_dir=Path(header["model_dir"]))
-            later = header.get("warm_up") == "later"  # a front end registering again after its host died
-            served = ServedModel(
-                settings,
-                str(header["key"]),
-                int(header["max_batch_size"]),
-                header.get("instance_device"),
-                exec_lock=self.exec_lock,
-                device_runner=self._on_device_thread,
-                warm_up=not later,
-            )
-        except Exception as exc:  # bad config, plan refused, device missing: the load fails with this reason
-            send_message(conn, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
-            return None
+        later = header.get("warm_up") == "later"  # a front end registering again after its host died
+        # After a death every model of the host registers at once, each with requests waiting. Set up side by
+        # side, their CPU work (a module clone, a plan read, each tens of ms alone) shares one GIL, so all come
+        # back together, at the end (session 14, 1 x H100: a 1.7 s median set-up, 2.3 s outage). One at a time,
+        # the first comes back after its own set-up and the last no later.
+        queue_for = self._recovery_lock if later and self._serial_recovery else contextlib.nullcontext()
+        queued = time.perf_counter()
+        with queue_for:
+            waited_ms = (time.perf_counter() - queued) * 1e3
+            try:
+                settings = ServeSettings.from_parameters(header["params"], model_dir=Path(header["model_dir"]))
+                served = ServedModel(
+                    settings,
+                    str(header["key"]),
+                    int(header["max_batch_size"]),
+                    header.get("instance_device"),
+                    exec_lock=self.exec_lock,
+                    device_runner=self._on_device_thread,
+                    warm_up=not later,
+                )
+            except Exception as exc:  # bad config, plan refused, device missing: the load fails with this reason
+                send_message(conn, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+                return None
+        if later and self._serial_recovery:  # the recovery's log line then says how long each model waited its turn
+            served.setup_ms = {"queued": waited_ms, **served.setup_ms}
         freeze_long_lived()  # this model's objects stay for its lifetime: no collector pass should scan them again
         try:
             send_message(conn, {"ok": True, "info": {**served.describe(), "pid": os.getpid()}})

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepplan_backend.hosting import standby
+from deepplan_backend.hosting import engine_host, standby
 from deepplan_backend.hosting.host_client import HostedModel, HostError, listener_pid
 from deepplan_backend.runtime.residency import STATE_DIR_ENV
 from tests.plain_outputs import plain_output
@@ -54,6 +54,7 @@ def test_models_share_a_host_and_survive_its_death(repo: Path) -> None:
         assert bad.invalid and "empty sequence" in (bad.error or "")
         np.testing.assert_allclose(good.output, want, rtol=1e-4, atol=1e-5)
         assert a.status().resident_bytes > 0
+        assert "queued" not in a.info["setup_ms"], "a load's registration does not queue behind the others"
 
         old = a.info["pid"]
         spare = _listener(standby.control_path(a.path))  # the host keeps a standby, imported, with no GPU work
@@ -66,6 +67,8 @@ def test_models_share_a_host_and_survive_its_death(repo: Path) -> None:
         (b_again,) = b.answer([{"input_ids": x}])  # after b's own reconnect (its watcher may still be at it)
         assert b_again.error is None, b_again.error
         assert a.info["pid"] == b.info["pid"] == spare, "the standby replaced the lost host"
+        # Registered again one at a time: each says how long it waited for its turn.
+        assert all(m.info["setup_ms"]["queued"] >= 0 for m in (a, b)), (a.info["setup_ms"], b.info["setup_ms"])
         assert _listener(standby.control_path(a.path)) not in (None, spare), "the new host keeps a standby too"
     finally:
         a.close()
@@ -82,6 +85,7 @@ def test_models_share_a_host_and_survive_its_death(repo: Path) -> None:
 
 def test_without_standby_a_new_process_replaces_the_host(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(standby.STANDBY_ENV, "0")
+    monkeypatch.setenv(engine_host.RECOVERY_REGISTRATION_ENV, "parallel")  # the comparison's baseline, no queue
     a = HostedModel(_params(repo), repo / "repo" / "a", "a_0_0", 4, None)
     try:
         old = a.info["pid"]
@@ -91,6 +95,7 @@ def test_without_standby_a_new_process_replaces_the_host(repo: Path, monkeypatch
         (again,) = a.answer([{"input_ids": np.arange(100, 112)[None]}])
         # Not necessarily a cold start: the new host's deferred warm-up may have the model on the device just now.
         assert again.error is None and a.info["pid"] != old, again.error
+        assert "queued" not in a.info["setup_ms"]
     finally:
         a.close()
 
