@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,8 @@ class _Host:
         self._standby: subprocess.Popen[bytes] | None = None
         self._standby_lock = threading.Lock()
         self._device_jobs = 0  # submitted to the device thread and not done
-        self._device_idle = threading.Condition()
+        self._recovering = 0  # registrations of models whose host died, queued or setting up
+        self._device_idle = threading.Condition()  # notified when either count drops to 0
         self._deferred: queue.SimpleQueue[Any] = queue.SimpleQueue()
         threading.Thread(target=self._run_deferred, name="deepplan-warm-later", daemon=True).start()
 
@@ -135,6 +136,22 @@ class _Host:
                 if self._device_jobs == 0:
                     self._device_idle.notify_all()
 
+    @contextlib.contextmanager
+    def _recovery(self, later: bool) -> Iterator[None]:
+        """Count a registration after a host's death while it runs (deferred warm-ups wait for none to be left)."""
+        if not later:
+            yield
+            return
+        with self._device_idle:
+            self._recovering += 1
+        try:
+            yield
+        finally:
+            with self._device_idle:
+                self._recovering -= 1
+                if self._recovering == 0:
+                    self._device_idle.notify_all()
+
     def _warm_up_later(self, served: Any) -> None:
         """Queue a registered model's warm-up for when the device thread has nothing else to do.
 
@@ -150,8 +167,10 @@ class _Host:
         """The thread that runs queued warm-ups (`_warm_up_later`), each once the device thread is idle."""
         while True:
             served = self._deferred.get()
+            # Not while models still register again: a warm-up holds the device lock for hundreds of ms, and the
+            # next registration's engine set-up needs it (session 16, 1 x H100: 180 ms of a set-up spent waiting).
             with self._device_idle:
-                self._device_idle.wait_for(lambda: self._device_jobs == 0)
+                self._device_idle.wait_for(lambda: self._device_jobs == 0 and self._recovering == 0)
             start = time.perf_counter()
             try:
                 ran = served.warm_up_deferred()
@@ -227,7 +246,7 @@ class _Host:
         # the first comes back after its own set-up and the last no later.
         queue_for = self._recovery_lock if later and self._serial_recovery else contextlib.nullcontext()
         queued = time.perf_counter()
-        with queue_for:
+        with self._recovery(later), queue_for:
             waited_ms = (time.perf_counter() - queued) * 1e3
             try:
                 settings = ServeSettings.from_parameters(header["params"], model_dir=Path(header["model_dir"]))

@@ -14,6 +14,7 @@ happen under a live view.
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 from collections.abc import Callable
 from typing import Any
@@ -33,12 +34,43 @@ def cuda_register(address: int, nbytes: int) -> None:
     """Page-lock host bytes for every GPU (portable: PT's peers copy from them too) and map them (DHA)."""
     err = int(torch.cuda.cudart().cudaHostRegister(address, nbytes, _PORTABLE_AND_MAPPED))
     if err != 0:
+        clear_runtime_error()
         raise OSError(f"cudaHostRegister of {nbytes} bytes failed: error {err}")
 
 
 def cuda_unregister(address: int) -> None:
-    """Undo `cuda_register`."""
-    torch.cuda.cudart().cudaHostUnregister(address)
+    """Undo `cuda_register` (an error, e.g. CUDA torn down at exit, is cleared and ignored)."""
+    if int(torch.cuda.cudart().cudaHostUnregister(address)) != 0:
+        clear_runtime_error()
+
+
+def clear_runtime_error() -> int:
+    """Take this thread's last CUDA runtime error (returned; 0 if none or unknown) out of the runtime's state.
+
+    PyTorch's raw `cudart()` calls return their error but leave it set as the thread's last error, and PyTorch
+    checks `cudaGetLastError` after each kernel launch: the next kernel of this thread would fail with the
+    registration's error (seen on an H100, session 16: a refused unregister failed a later model's forward).
+    """
+    get_last_error = _runtime_get_last_error()
+    return int(get_last_error()) if get_last_error is not None else 0
+
+
+@functools.cache
+def _runtime_get_last_error() -> Callable[[], int] | None:
+    """`cudaGetLastError` of the CUDA runtime instance PyTorch loaded (its shared libcudart, else libtorch_cuda's)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "libcudart" in line or "libtorch_cuda" in line}
+    except OSError:
+        return None
+    for path in sorted(paths, key=lambda p: "libcudart" not in p):  # already loaded: dlopen returns that instance
+        try:
+            function = ctypes.CDLL(path).cudaGetLastError
+        except (OSError, AttributeError):
+            continue
+        function.restype = ctypes.c_int
+        return function  # type: ignore[no-any-return]
+    return None
 
 
 class _RegisteredPages:

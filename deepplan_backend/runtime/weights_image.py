@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from .layers import Layer, LayerTable, SharedEntry, TensorEntry
+from .pinned_memory import cuda_register, cuda_unregister
 
 IMAGES_ENV = "DEEPPLAN_WEIGHT_IMAGES"
 """``0`` turns images off (every process packs its own host copy); by default they are used where the residency
@@ -205,10 +206,10 @@ class WeightsImage:
         if self._pinned_ptr is not None or not torch.cuda.is_available():
             return
         ptr, size = self.buffer.data_ptr(), self.buffer.numel()
-        portable_and_mapped = 0x1 | 0x2  # cudaHostRegisterPortable | cudaHostRegisterMapped
-        err = torch.cuda.cudart().cudaHostRegister(ptr, size, portable_and_mapped)
-        if int(err) != 0:
-            raise OSError(f"cudaHostRegister of {size} bytes of {self.path.name} failed: error {int(err)}")
+        try:
+            cuda_register(ptr, size)
+        except OSError as exc:
+            raise OSError(f"{exc} ({self.path.name})") from None
         self._pinned_ptr = ptr
 
     @property
@@ -224,7 +225,7 @@ class WeightsImage:
         if self._fd < 0:
             return
         if self._pinned_ptr is not None:
-            torch.cuda.cudart().cudaHostUnregister(self._pinned_ptr)
+            cuda_unregister(self._pinned_ptr)
             self._pinned_ptr = None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

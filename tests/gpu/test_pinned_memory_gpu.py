@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepplan_backend.runtime.pinned_memory import exact_pinned_empty
+from deepplan_backend.runtime.pinned_memory import clear_runtime_error, cuda_register, exact_pinned_empty
 
 pytestmark = [
     pytest.mark.gpu,
@@ -61,3 +61,14 @@ def test_pinned_at_its_size_and_unregistered_after_the_last_view() -> None:
     gc.collect()
     torch.cuda.synchronize()
     assert int(torch.cuda.cudart().cudaHostUnregister(address)) == _NOT_REGISTERED  # already undone
+    # PyTorch leaves that error as the thread's last one, and its next kernel launch check would raise it.
+    assert clear_runtime_error() == _NOT_REGISTERED
+    assert int((torch.ones(4, device="cuda") + 1).sum()) == 8
+
+
+def test_a_refused_registration_leaves_no_error_behind() -> None:
+    """A refused registration (here: one already made) raises OSError, and the next kernel of the thread runs."""
+    host = exact_pinned_empty(1 << 20)
+    with pytest.raises(OSError, match="cudaHostRegister"):
+        cuda_register(host.data_ptr(), 1 << 20)
+    assert int((torch.ones(4, device="cuda") + 1).sum()) == 8
