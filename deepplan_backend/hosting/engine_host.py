@@ -47,6 +47,7 @@ from deepplan_backend.runtime.crash_policy import prepare_to_die
 from deepplan_backend.runtime.gc_pauses import freeze_long_lived
 
 from . import standby
+from .recovery_queue import RecoveryQueue
 from .stall_report import StallReport
 from .wire import WireError, recv_message, send_message
 
@@ -63,7 +64,7 @@ thread, 1 ms cut a round trip's p90 from 10.7 to 2.6 ms (`results/logs/s15/cpu_w
 H100 did not gain (p50 0.44 ms worse with 1 ms, `results/README.md`), so the default stays Python's."""
 RECOVERY_REGISTRATION_ENV = "DEEPPLAN_RECOVERY_REGISTRATION"
 """``parallel``: models registering again after their host died set up all at once, as before session 16 (for
-comparison); by default (``serial``) one at a time (see `_Host._register`)."""
+comparison); by default (``serial``) one at a time, those with a request waiting first (`recovery_queue`)."""
 
 
 class _Host:
@@ -78,7 +79,7 @@ class _Host:
         self._idle_since = time.monotonic()
         self._count_lock = threading.Lock()
         self._import_lock = threading.Lock()
-        self._recovery_lock = threading.Lock()
+        self._recovery_queue = RecoveryQueue()
         self._serial_recovery = os.environ.get(RECOVERY_REGISTRATION_ENV, "serial").strip() != "parallel"
         self._stall_report = StallReport.from_environment()
         self._standby: subprocess.Popen[bytes] | None = None
@@ -213,6 +214,8 @@ class _Host:
                     op = header.get("op")
                     if op == "answer":
                         self._answer(conn, served, header, arrays)
+                    elif op == "hurry":  # a request waited behind the registration (`recovery_queue`): no reply
+                        continue
                     elif op == "status":  # read-only, off the device thread: answered even mid-request
                         status = served.status()
                         reply = {"ok": True, "evictions": status.evictions, "resident_bytes": status.resident_bytes}
@@ -240,14 +243,11 @@ class _Host:
         with self._import_lock:  # one thread pays PyTorch's import, the others wait for it
             from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
         later = header.get("warm_up") == "later"  # a front end registering again after its host died
-        # After a death every model of the host registers at once, each with requests waiting. Set up side by
-        # side, their CPU work (a module clone, a plan read, each tens of ms alone) shares one GIL, so all come
-        # back together, at the end (session 14, 1 x H100: a 1.7 s median set-up, 2.3 s outage). One at a time,
-        # the first comes back after its own set-up and the last no later.
-        queue_for = self._recovery_lock if later and self._serial_recovery else contextlib.nullcontext()
-        queued = time.perf_counter()
-        with self._recovery(later), queue_for:
-            waited_ms = (time.perf_counter() - queued) * 1e3
+        # After a death, the models register again one at a time, those with a request waiting first
+        # (`recovery_queue`).
+        serial = later and self._serial_recovery
+        turn = self._recovery_queue.turn(conn) if serial else _no_wait()
+        with self._recovery(later), turn as waited_ms:
             try:
                 settings = ServeSettings.from_parameters(header["params"], model_dir=Path(header["model_dir"]))
                 served = ServedModel(
@@ -262,7 +262,7 @@ class _Host:
             except Exception as exc:  # bad config, plan refused, device missing: the load fails with this reason
                 send_message(conn, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
                 return None
-        if later and self._serial_recovery:  # the recovery's log line then says how long each model waited its turn
+        if serial:  # the recovery's log line then says how long each model waited its turn
             served.setup_ms = {"queued": waited_ms, **served.setup_ms}
         freeze_long_lived()  # this model's objects stay for its lifetime: no collector pass should scan them again
         try:
@@ -319,6 +319,11 @@ class _Host:
         status = served.status()
         reply = {"ok": True, "answers": meta, "evictions": status.evictions, "resident_bytes": status.resident_bytes}
         send_message(conn, {**reply, "sent_at": time.perf_counter()}, outputs)
+
+
+@contextlib.contextmanager
+def _no_wait() -> Iterator[float]:
+    yield 0.0
 
 
 def _readable_within(conn: socket.socket, timeout_s: float) -> bool:

@@ -164,6 +164,10 @@ class HostedModel:
         self._spawned: subprocess.Popen[bytes] | None = None
         self._woken: int | None = None  # the pid of a standby this model woke to replace its host
         self._lost_host = False  # a connection of this model broke (the host died, or its model was unloaded)
+        self._hurry_lock = threading.Lock()
+        self._registering: socket.socket | None = None  # a registration with a new host, awaiting its reply
+        self._hurried = False  # that registration was told a request waits
+        self._requests_waiting = 0
         self._status = ModelStatus()
         self._evictions_before = 0  # evictions counted by hosts this model lived in before the current one
         self._host_evictions = 0
@@ -185,10 +189,17 @@ class HostedModel:
         header = {**self._register_header, "warm_up": "later" if later else "now"}
         try:
             send_message(sock, header)
+            if later:  # the new host registers its lost models one at a time: one with a request waiting goes first
+                with self._hurry_lock:
+                    self._registering, self._hurried = sock, False
+                self._hurry_if_requested()
             reply, _ = recv_message(sock)
         except (OSError, WireError) as exc:
             sock.close()
             raise HostDropped(f"engine host {self.path} dropped the registration: {exc}") from None
+        finally:
+            with self._hurry_lock:
+                self._registering = None
         if not reply.get("ok"):
             sock.close()
             raise HostError(str(reply.get("error", "registration refused")))
@@ -317,11 +328,32 @@ class HostedModel:
             assert self._sock is not None
             return self._exchange(self._sock, requests)
 
-        with self._lock:
-            try:
-                return _retrying(attempt, (OSError, WireError, HostError), self._drop)
-            except (OSError, WireError, HostError) as exc:
-                return [Answer(error=f"engine host unavailable: {exc}") for _ in requests]
+        with self._hurry_lock:
+            self._requests_waiting += 1
+        try:
+            self._hurry_if_requested()  # a registration with a new host may be under way on the watcher's thread
+            with self._lock:
+                try:
+                    return _retrying(attempt, (OSError, WireError, HostError), self._drop)
+                except (OSError, WireError, HostError) as exc:
+                    return [Answer(error=f"engine host unavailable: {exc}") for _ in requests]
+        finally:
+            with self._hurry_lock:
+                self._requests_waiting -= 1
+
+    def _hurry_if_requested(self) -> None:
+        """Tell a new host, once per registration, that a request waits for it (`recovery_queue`; no reply comes).
+
+        Sent behind the registration on its socket, from whichever thread sees both; the host reads it after
+        its reply, as an op it skips.
+        """
+        with self._hurry_lock:
+            sock = self._registering
+            if sock is None or self._hurried or self._requests_waiting == 0:
+                return
+            self._hurried = True
+            with contextlib.suppress(OSError):  # the registration's own read reports a broken socket
+                send_message(sock, {"op": "hurry"})
 
     def _exchange(self, sock: socket.socket, requests: Sequence[Mapping[str, np.ndarray | None]]) -> list[Answer]:
         names: list[list[str]] = []

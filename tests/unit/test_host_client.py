@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 from pathlib import Path
@@ -165,3 +166,31 @@ def test_a_stopped_servers_files_go_but_a_live_listener_stays(tmp_path: Path) ->
     finally:
         listening.close()
         other.unlink()
+
+
+def test_a_request_waiting_for_a_new_host_hurries_its_registration(state: Path, tmp_path: Path) -> None:
+    """Registering again after a lost host, with a request waiting, the front end sends ``hurry`` behind the
+    registration (the new host takes such models first); a first registration does not."""
+    seen: dict[int, list[str]] = {}
+
+    def behaviour(conn: socket.socket, n: int) -> None:
+        header, _ = recv_message(conn)
+        ops = seen.setdefault(n, [f"{header['op']}:{header['warm_up']}"])
+        if select.select([conn], [], [], 1.0)[0]:  # what the front end sends before it has its reply
+            ops.append(recv_message(conn)[0]["op"])
+        send_message(conn, {"ok": True, "info": {"model": "tiny-bert"}})  # no pid: no watcher thread
+        request, arrays = recv_message(conn)
+        if n == 1:
+            return  # the host dies with the request: the front end registers again, the request waiting
+        send_message(conn, {"ok": True, "answers": [{"cold": True, "provision_ms": 1.0}]}, [arrays[0]])
+        conn.recv(1)
+
+    fake = FakeHost(socket_path(state, 0), behaviour)
+    try:
+        model = _model(tmp_path)
+        (answer,) = model.answer([{"input_ids": np.ones((1, 3), np.int64)}])
+        assert answer.error is None, answer.error
+        assert seen == {1: ["register:now"], 2: ["register:later", "hurry"]}
+        model.close()
+    finally:
+        fake.close()
