@@ -14,7 +14,6 @@ happen under a live view.
 from __future__ import annotations
 
 import ctypes
-import functools
 import mmap
 from collections.abc import Callable
 from typing import Any
@@ -44,33 +43,20 @@ def cuda_unregister(address: int) -> None:
         clear_runtime_error()
 
 
-def clear_runtime_error() -> int:
-    """Take this thread's last CUDA runtime error (returned; 0 if none or unknown) out of the runtime's state.
+def clear_runtime_error() -> bool:
+    """Take this thread's pending CUDA runtime error out of the runtime's state; whether there was one.
 
     PyTorch's raw `cudart()` calls return their error but leave it set as the thread's last error, and PyTorch
-    checks `cudaGetLastError` after each kernel launch: the next kernel of this thread would fail with the
+    reads `cudaGetLastError` after each kernel launch: the next kernel of this thread would fail with the
     registration's error (seen on an H100, session 16: a refused unregister failed a later model's forward).
+    PyTorch binds no `cudaGetLastError`, and a ctypes handle on a loaded libcudart did not reach the instance
+    PyTorch checks (same H100): so one tiny launch takes the error through PyTorch's own check.
     """
-    get_last_error = _runtime_get_last_error()
-    return int(get_last_error()) if get_last_error is not None else 0
-
-
-@functools.cache
-def _runtime_get_last_error() -> Callable[[], int] | None:
-    """`cudaGetLastError` of the CUDA runtime instance PyTorch loaded (its shared libcudart, else libtorch_cuda's)."""
     try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "libcudart" in line or "libtorch_cuda" in line}
-    except OSError:
-        return None
-    for path in sorted(paths, key=lambda p: "libcudart" not in p):  # already loaded: dlopen returns that instance
-        try:
-            function = ctypes.CDLL(path).cudaGetLastError
-        except (OSError, AttributeError):
-            continue
-        function.restype = ctypes.c_int
-        return function  # type: ignore[no-any-return]
-    return None
+        torch.empty(1, device=torch.device("cuda", torch.cuda.current_device())).zero_()
+    except RuntimeError:  # torch.AcceleratorError: the pending error, now taken
+        return True
+    return False
 
 
 class _RegisteredPages:
