@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,7 +91,12 @@ def remove_server_files(state_dir: Path) -> None:
     front end may start a host at any time); a host killed without a replacement leaves its socket. A host still
     lingering keeps its socket, a waiting standby its control socket: each removes its own on exit.
     """
-    for entry in socket_dir().glob(f"{server_digest(state_dir)}-*"):
+    remove_unused_files(socket_dir().glob(f"{server_digest(state_dir)}-*"))
+
+
+def remove_unused_files(entries: Iterable[Path]) -> None:
+    """Of these host files: every spawn lock, and every socket nobody listens on (`remove_server_files`'s rule)."""
+    for entry in entries:
         if entry.suffix == ".lock" or listener_pid(entry) is None:
             entry.unlink(missing_ok=True)
 
