@@ -64,7 +64,8 @@ thread, 1 ms cut a round trip's p90 from 10.7 to 2.6 ms (`results/logs/s15/cpu_w
 H100 did not gain (p50 0.44 ms worse with 1 ms, `results/README.md`), so the default stays Python's."""
 RECOVERY_REGISTRATION_ENV = "DEEPPLAN_RECOVERY_REGISTRATION"
 """``parallel``: models registering again after their host died set up all at once, as before session 16 (for
-comparison); by default (``serial``) one at a time, those with a request waiting first (`recovery_queue`)."""
+comparison; deferred warm-ups still wait for them all); by default (``serial``) one at a time, those with a request
+waiting first (`recovery_queue`)."""
 
 
 class _Host:
