@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from deepplan_backend.runtime.answer import Answer, ModelStatus, setup_summary
+from deepplan_backend.runtime.path_policy import ensure_private_folder
 from deepplan_backend.runtime.residency import STATE_DIR_ENV, default_state_dir, process_alive
 
 from . import standby
@@ -64,10 +65,10 @@ class HostDropped(HostError):
 def socket_dir() -> Path:
     """The private folder of this user's engine-host sockets (created 0700; refused if someone else owns it)."""
     folder = Path(tempfile.gettempdir()) / f"deepplan-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    st = folder.lstat()
-    if st.st_uid != os.getuid() or not folder.is_dir() or folder.is_symlink() or st.st_mode & 0o077:
-        raise HostError(f"{folder} must be a folder owned by uid {os.getuid()} with mode 0700")
+    try:
+        ensure_private_folder(folder, 0o077)
+    except PermissionError as exc:
+        raise HostError(str(exc)) from None
     return folder
 
 

@@ -22,6 +22,7 @@ ordinary files), and someone who can already write inside the roots (they contro
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,3 +144,24 @@ class PathPolicy:
                 entry = Path(dirpath) / name
                 if entry.is_symlink():
                     self.check(entry, f"{what} (entry {entry.relative_to(folder)})", must_exist=False)
+
+
+_PRIVATE_MODES = {0o022: "that others cannot write", 0o077: "that only its owner can use (mode 0700)"}
+
+
+def ensure_private_folder(folder: Path, forbidden_mode: int) -> None:
+    """Create `folder` (mode 0700, parents too) if missing; PermissionError unless it is private enough.
+
+    Private enough: a real folder (not a link) of this user whose mode has none of the `forbidden_mode` bits
+    (0o022: others cannot write; 0o077: nor read or enter). Weights images and engine-host sockets live in such
+    folders: whoever can write there could hand a server's processes other weights, or stand in for its host.
+    """
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = folder.lstat()
+    except OSError as exc:
+        raise PermissionError(f"cannot use {folder}: {exc}") from exc
+    link_or_file = stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode)
+    if link_or_file or st.st_uid != os.getuid() or st.st_mode & forbidden_mode:
+        what = _PRIVATE_MODES.get(forbidden_mode, f"with none of the mode bits {forbidden_mode:o}")
+        raise PermissionError(f"{folder} must be a folder owned by uid {os.getuid()} {what}")

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from . import path_policy
 from .layers import Layer, LayerTable, SharedEntry, TensorEntry
 from .pinned_memory import cuda_register, cuda_unregister
 
@@ -100,12 +101,9 @@ def ensure_private_folder(folder: Path) -> None:
     Whoever can write there could hand every process of the server other weights.
     """
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = folder.lstat()
-    except OSError as exc:
-        raise ImageError(f"cannot use {folder}: {exc}") from exc
-    if folder.is_symlink() or not folder.is_dir() or st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise ImageError(f"{folder} must be a folder owned by uid {os.getuid()} that others cannot write")
+        path_policy.ensure_private_folder(folder, 0o022)
+    except PermissionError as exc:
+        raise ImageError(str(exc)) from None
 
 
 class WeightsImage:

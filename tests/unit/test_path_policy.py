@@ -22,7 +22,13 @@ from pathlib import Path
 import pytest
 
 from deepplan_backend.runtime import path_policy
-from deepplan_backend.runtime.path_policy import ALLOWED_ROOTS_ENV, PathPolicy, PathPolicyError, env_roots
+from deepplan_backend.runtime.path_policy import (
+    ALLOWED_ROOTS_ENV,
+    PathPolicy,
+    PathPolicyError,
+    ensure_private_folder,
+    env_roots,
+)
 from deepplan_backend.runtime.plan import DHA, PlanError
 from deepplan_backend.runtime.plan_messages import PlanFileMessage
 from deepplan_backend.runtime.plan_repository import MAX_PLAN_BYTES, load_plan, plan_path, plan_to_bytes, read_plan
@@ -446,3 +452,22 @@ class _CountingLock:
 
 def test_module_exports():
     assert path_policy.ALLOWED_ROOTS_ENV == "DEEPPLAN_ALLOWED_ROOTS"
+
+
+def test_a_private_folder_is_made_0700_and_a_shared_or_linked_one_refused(tmp_path: Path) -> None:
+    made = tmp_path / "a" / "b"
+    ensure_private_folder(made, 0o077)
+    assert made.is_dir() and made.stat().st_mode & 0o777 == 0o700
+    readable = tmp_path / "readable"
+    readable.mkdir(mode=0o755)
+    readable.chmod(0o755)
+    ensure_private_folder(readable, 0o022)  # others may read weights images' folder, not write it
+    with pytest.raises(PermissionError, match="only its owner"):
+        ensure_private_folder(readable, 0o077)  # ... but not the sockets' folder
+    readable.chmod(0o775)
+    with pytest.raises(PermissionError, match="others cannot write"):
+        ensure_private_folder(readable, 0o022)
+    link = tmp_path / "link"
+    link.symlink_to(made)
+    with pytest.raises(PermissionError, match="must be a folder"):
+        ensure_private_folder(link, 0o022)
