@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 
 from deepplan_backend.runtime.residency import scratch_state_dir
-from loadtest.experiments import allow_paths, experiment_server, now_iso, say, start_and_wait, write_rows
+from loadtest.experiments.progress import say
+from loadtest.experiments.server import allow_paths, experiment_server, start_and_wait
+from loadtest.experiments.table import now_iso, write_rows
 
 COLUMNS = (
     "date",

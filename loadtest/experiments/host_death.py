@@ -47,19 +47,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from deepplan_backend.runtime.answer import laps_text, parse_laps  # noqa: E402
-from loadtest.experiments import (  # noqa: E402
-    Devices,
-    add_common_arguments,
-    check_common,
-    now_iso,
-    point_env,
-    resolve_devices,
-    run_point,
-    say,
-    synthetic_point,
-    target_gpu,
-    write_rows,
-)
+from loadtest.experiments.cli import add_common_arguments, check_common  # noqa: E402
+from loadtest.experiments.devices import Devices, resolve_devices, target_gpu  # noqa: E402
+from loadtest.experiments.point import point_env, run_point, synthetic_point  # noqa: E402
+from loadtest.experiments.progress import say  # noqa: E402
+from loadtest.experiments.table import now_iso, write_rows  # noqa: E402
 from loadtest.results import RequestRecord, percentile, read_log  # noqa: E402
 
 if TYPE_CHECKING:

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtest.experiments import say, summary_fields, write_rows
+from loadtest.experiments.progress import say
+from loadtest.experiments.table import summary_fields, write_rows
 from loadtest.results import LOG_FILE, read_log, summarize
 
 

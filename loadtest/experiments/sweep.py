@@ -31,19 +31,11 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from loadtest.experiments import (  # noqa: E402
-    Devices,
-    add_common_arguments,
-    check_common,
-    now_iso,
-    point_env,
-    resolve_devices,
-    row_of,
-    run_point,
-    say,
-    synthetic_point,
-    write_rows,
-)
+from loadtest.experiments.cli import add_common_arguments, check_common  # noqa: E402
+from loadtest.experiments.devices import Devices, resolve_devices  # noqa: E402
+from loadtest.experiments.point import point_env, run_point, synthetic_point  # noqa: E402
+from loadtest.experiments.progress import say  # noqa: E402
+from loadtest.experiments.table import now_iso, row_of, write_rows  # noqa: E402
 
 NAME = "fig12"
 

@@ -32,22 +32,13 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from loadtest.experiments import (  # noqa: E402
-    add_common_arguments,
-    allow_paths,
-    build_repository,
-    check_common,
-    instance_names,
-    locust_common,
-    model_params,
-    now_iso,
-    point_env,
-    resolve_devices,
-    row_of,
-    run_point,
-    say,
-    write_rows,
-)
+from loadtest.experiments.cli import add_common_arguments, check_common  # noqa: E402
+from loadtest.experiments.devices import resolve_devices  # noqa: E402
+from loadtest.experiments.point import locust_common, point_env, run_point  # noqa: E402
+from loadtest.experiments.progress import say  # noqa: E402
+from loadtest.experiments.repository import build_repository, instance_names, model_params  # noqa: E402
+from loadtest.experiments.server import allow_paths  # noqa: E402
+from loadtest.experiments.table import now_iso, row_of, write_rows  # noqa: E402
 from loadtest.results import RequestRecord, read_log, windowed  # noqa: E402
 
 NAME = "fig14"

@@ -119,7 +119,9 @@ def test_trace_replay_argument_checks(tmp_path, capsys):
 
 def test_trace_replay_writer_on_a_hand_made_log(tmp_path):
     _import_from_root()
-    from loadtest.experiments import Devices, PointResult, row_of
+    from loadtest.experiments.devices import Devices
+    from loadtest.experiments.point import PointResult
+    from loadtest.experiments.table import row_of
     from loadtest.experiments.trace_replay import timeline_rows, write_results
     from loadtest.results import RequestRecord, summarize
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.experiments import Devices
+from loadtest.experiments.devices import Devices
 from loadtest.experiments.host_death import gpu_names, gpu_rows, parse_args, recovery_setups
 from loadtest.results import RequestRecord
 
