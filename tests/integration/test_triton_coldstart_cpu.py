@@ -45,7 +45,7 @@ def test_quick_run_writes_complete_correct_results(tmp_path):
     log = proc.stdout[-6000:] + proc.stderr[-3000:]
     assert proc.returncode == 0, log
 
-    from benchmark.triton_coldstart import COLUMNS
+    from benchmark.triton_coldstart.rows import COLUMNS
 
     with (out / "triton_coldstart.csv").open() as f:
         reader = csv.DictReader(f)

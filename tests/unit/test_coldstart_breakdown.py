@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.coldstart_breakdown import SEGMENTS, BreakdownError, main, read_rows, segments
-from benchmark.triton_coldstart import COLUMNS
+from benchmark.triton_coldstart.rows import COLUMNS
 
 ROW = {
     "model": "bert-base", "process": "shared", "gpu_name": "cpu", "client_cold_ms": "13.40", "backend_cold_ms": "12.25",

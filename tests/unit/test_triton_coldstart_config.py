@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.triton_coldstart import Layout, deepplan_config, parse_args
+from benchmark.triton_coldstart.cli import parse_args
+from benchmark.triton_coldstart.repository import Layout, deepplan_config
 
 
 @pytest.mark.parametrize(("option", "expected"), [([], "shared"), (["--process", "instance"], "instance")])
