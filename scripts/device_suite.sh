@@ -5,7 +5,8 @@
 # (default $OUT, else results/device), tarred at the end. Wheels: scripts/device_wheels.sh, installed first.
 #   scripts/device_suite.sh [STEP ...]     steps: tests triton triton_eager triton_instance engine fig10 scale
 #                                          fig12 limit limit_eager residency host_death host_death_no_standby
-#                                          host_death_no_images host_death_warm_now host_death_parallel arena
+#                                          host_death_no_images host_death_warm_now host_death_parallel
+#                                          host_death_cold_standby arena
 #                                          (default: all but limit_eager, residency, arena and the host_death ones)
 # SUITE_BUDGET_S (default 580): the whole run's limit; a step gets at most what is left of it, minus 15 s for
 # the tar, so that a device call's own limit never kills the run before its logs are packed.
@@ -93,10 +94,13 @@ for step in $steps; do
         # host_death_no_standby: the same with DEEPPLAN_STANDBY=0 (a new process replaces the host: the baseline);
         # host_death_no_images: with the standby but DEEPPLAN_WEIGHT_IMAGES=0 (the replacement builds the weights);
         # host_death_warm_now: DEEPPLAN_RECOVERY_WARM_UP=now (models warm up inside their registration again);
-        # host_death_parallel: DEEPPLAN_RECOVERY_REGISTRATION=parallel (models register again all at once).
+        # host_death_parallel: DEEPPLAN_RECOVERY_REGISTRATION=parallel (models register again all at once);
+        # host_death_cold_standby: DEEPPLAN_STANDBY=cold (the standby holds no CUDA context until it is woken).
         # shellcheck disable=SC2086  # HOST_DEATH_ARGS is a list of options
-        host_death|host_death_no_standby|host_death_no_images|host_death_warm_now|host_death_parallel) run "$step" 300 \
-            env DEEPPLAN_STANDBY="$([ "$step" = host_death_no_standby ] && echo 0 || echo 1)" \
+        host_death|host_death_no_standby|host_death_no_images|host_death_warm_now|host_death_parallel|\
+        host_death_cold_standby) run "$step" 300 \
+            env DEEPPLAN_STANDBY="$(case $step in host_death_no_standby) echo 0 ;; host_death_cold_standby) echo cold ;;
+                                    *) echo primed ;; esac)" \
             DEEPPLAN_WEIGHT_IMAGES="$([ "$step" = host_death_no_images ] && echo 0 || echo 1)" \
             DEEPPLAN_RECOVERY_WARM_UP="$([ "$step" = host_death_warm_now ] && echo now || echo later)" \
             DEEPPLAN_RECOVERY_REGISTRATION="$([ "$step" = host_death_parallel ] && echo parallel || echo serial)" \

@@ -85,6 +85,7 @@ class _Host:
         self._stall_report = StallReport.from_environment()
         self._standby: subprocess.Popen[bytes] | None = None
         self._standby_lock = threading.Lock()
+        self._gpus: set[int] = set()  # the GPUs of the models registered so far, for a primed standby
         self._device_jobs = 0  # submitted to the device thread and not done
         self._recovering = 0  # registrations of models whose host died, queued or setting up
         self._device_idle = threading.Condition()  # notified when either count drops to 0
@@ -115,14 +116,21 @@ class _Host:
                 standby.stop(self._standby)
         _say(f"no model left for {self.linger_s:g} s; exiting")
 
-    def _keep_a_standby(self) -> None:
-        """Start a standby (`standby`) unless one runs: after a registration, so that it never delays a load."""
-        if not standby.enabled():
+    def _keep_a_standby(self, served: Any) -> None:
+        """Start a standby (`standby`) unless one runs: after a registration, so that it never delays a load.
+
+        A primed standby gets the GPUs of this host's models so far (`served`'s included): the ones its first
+        registrations and requests would otherwise create contexts on.
+        """
+        with self._standby_lock:
+            self._gpus.update(d.index for d in served.devices if d.type == "cuda" and d.index is not None)
+        kind = standby.mode()
+        if kind == "off":
             return
         with self._standby_lock:
             if self._standby is None or self._standby.poll() is not None:
                 try:
-                    self._standby = standby.spawn(self.path)
+                    self._standby = standby.spawn(self.path, sorted(self._gpus) if kind == "primed" else ())
                 except OSError as exc:  # e.g. out of processes: this host serves on, without a replacement ready
                     _say(f"cannot start a standby: {exc}")
 
@@ -273,7 +281,7 @@ class _Host:
             raise
         if later:
             self._warm_up_later(served)
-        self._keep_a_standby()
+        self._keep_a_standby(served)
         return served
 
     def _answer(self, conn: socket.socket, served: Any, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
@@ -373,6 +381,17 @@ def _say(message: str) -> None:
     print(f"deepplan engine host (pid {os.getpid()}): {message}", flush=True)
 
 
+def _gpu_list(text: str) -> tuple[int, ...]:
+    """``0,1,3`` -> (0, 1, 3), for argparse."""
+    try:
+        indices = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give GPU indices separated by commas, e.g. 0,1") from None
+    if any(i < 0 for i in indices):
+        raise argparse.ArgumentTypeError(f"{text!r}: GPU indices are 0 or more")
+    return indices
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line; see the module docstring."""
     p = argparse.ArgumentParser(
@@ -386,6 +405,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="PID",
         help="be the standby of host PID: wait, imported, until a front end wakes this process to replace it",
     )
+    p.add_argument(
+        standby.PRIME_FLAG,
+        type=_gpu_list,
+        default=(),
+        metavar="GPUS",
+        help="as a standby: create CUDA contexts on these GPUs (comma-separated indices) while waiting",
+    )
     args = p.parse_args(argv)
     # A host that dies of a signal (SIGSEGV in a native library) would otherwise leave no line in the server's log
     # (its front ends just start a new one: session 11 lost eight hosts that way), and could hold every GPU's
@@ -393,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_to_die()
     apply_gil_switch_interval()
     if args.standby_for is not None:
-        if not standby.wait_to_be_woken(args.socket, args.standby_for):
+        if not standby.wait_to_be_woken(args.socket, args.standby_for, args.prime_devices):
             return 0
         _say(f"standby woken to replace host pid {args.standby_for}")
     _Host(args.socket, args.linger_s).serve_forever()

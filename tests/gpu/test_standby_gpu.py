@@ -1,4 +1,5 @@
-"""The standby engine host on a GPU: it holds no CUDA context while it waits, and once woken it serves right.
+"""The standby engine host on a GPU: cold, it holds no CUDA context while it waits; primed (the default), it holds one
+on its host's GPU; once woken it serves right either way.
 
 Skipped without CUDA; run on the device machine (`pytest tests/gpu`).
 """
@@ -46,7 +47,11 @@ def _wait_for(what, timeout_s: float = 60.0):
     return value
 
 
-def test_standby_holds_no_gpu_until_woken_then_serves_right(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mode", ["cold", "primed"])
+def test_standby_holds_a_gpu_only_if_primed_and_once_woken_serves_right(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    monkeypatch.setenv(standby.STANDBY_ENV, mode)
     monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "residency"))
     monkeypatch.setenv("DEEPPLAN_ALLOWED_ROOTS", f"{tmp_path / 'plans'}:{tmp_path / 'residency'}")
     (tmp_path / "repo" / "1").mkdir(parents=True)
@@ -63,9 +68,14 @@ def test_standby_holds_no_gpu_until_woken_then_serves_right(tmp_path: Path, monk
         assert spare not in (None, host)
         # Its preload is done once PyTorch's CUDA library is mapped; it must still hold no GPU.
         assert _wait_for(lambda: "libtorch_cuda" in Path(f"/proc/{spare}/maps").read_text())
-        time.sleep(1.0)
         assert _gpu_files(host), "the host's CUDA context opens its GPU's device file"
-        assert not _gpu_files(spare), "a standby holds no CUDA context (no GPU memory) while it waits"
+        if mode == "cold":
+            time.sleep(1.0)
+            assert not _gpu_files(spare), "a cold standby holds no CUDA context (no GPU memory) while it waits"
+        else:
+            primed = _wait_for(lambda: _gpu_files(spare))
+            assert primed == _gpu_files(host), "primed on its host's GPU, and only there"
+            assert standby.PRIME_FLAG in Path(f"/proc/{spare}/cmdline").read_text().split("\0")
 
         os.kill(host, signal.SIGKILL)
         # Warm or cold: the new host's deferred warm-up of the model may have it on the device just now.

@@ -1,0 +1,57 @@
+"""The standby's switches: `DEEPPLAN_STANDBY`'s values, the GPUs a primed standby is told, and their parsing."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import pytest
+
+from deepplan_backend.hosting import engine_host, standby
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [(None, "primed"), ("", "primed"), ("primed", "primed"), ("1", "primed"), (" Cold ", "cold"), ("0", "off")],
+)
+def test_standby_mode_from_the_environment(monkeypatch: pytest.MonkeyPatch, value: str | None, want: str) -> None:
+    if value is None:
+        monkeypatch.delenv(standby.STANDBY_ENV, raising=False)
+    else:
+        monkeypatch.setenv(standby.STANDBY_ENV, value)
+    assert standby.mode() == want
+    assert standby.enabled() is (want != "off")
+
+
+def test_an_unknown_standby_mode_is_said_and_the_default_kept(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(standby.STANDBY_ENV, "warm")
+    assert standby.mode() == "primed"
+    err = capsys.readouterr().err
+    assert "DEEPPLAN_STANDBY='warm'" in err and "cold" in err
+
+
+def test_a_primed_standby_is_told_its_hosts_gpus_once_each_in_order(tmp_path: Path) -> None:
+    sock = tmp_path / "h-0.sock"
+    cmd = standby.spawn_command(sock, [2, 0, 2])
+    assert cmd[cmd.index(standby.STANDBY_FLAG) + 1] == str(os.getpid())
+    assert cmd[cmd.index(standby.PRIME_FLAG) + 1] == "0,2"
+    assert standby.PRIME_FLAG not in standby.spawn_command(sock), "cold, or a CPU host: nothing to prime"
+
+
+def test_the_prime_option_parses_gpu_lists_and_refuses_others() -> None:
+    assert engine_host._gpu_list("0,1,3") == (0, 1, 3)
+    assert engine_host._gpu_list("") == ()
+    for bad in ("0,x", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="GPU indices"):
+            engine_host._gpu_list(bad)
+
+
+def test_priming_without_cuda_does_nothing(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert standby.prime_devices([0]) is None
+    assert capsys.readouterr().out == ""
