@@ -6,6 +6,7 @@ Skipped without CUDA; run on the device machine (`pytest tests/gpu`).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -64,6 +65,7 @@ def test_standby_holds_a_gpu_only_if_primed_and_once_woken_serves_right(
         (first,) = model.answer([{"input_ids": x}])
         assert first.error is None and first.cold, first.error
         host = model.info["pid"]
+        free_before, _ = torch.cuda.mem_get_info(0)  # the standby is still importing (seconds): no context yet
         spare = _wait_for(lambda: listener_pid(standby.control_path(model.path)))
         assert spare not in (None, host)
         # Its preload is done once PyTorch's CUDA library is mapped; it must still hold no GPU.
@@ -75,6 +77,11 @@ def test_standby_holds_a_gpu_only_if_primed_and_once_woken_serves_right(
         else:
             primed = _wait_for(lambda: _gpu_files(spare))
             assert primed == _gpu_files(host), "primed on its host's GPU, and only there"
+            time.sleep(2.0)  # the context is open; its first kernels follow
+            cost_mib = (free_before - torch.cuda.mem_get_info(0)[0]) / 2**20
+            if os.environ.get("DEEPPLAN_GPU_REPORT_DIR"):  # scripts/device_suite.sh keeps it with the call's logs
+                with open(Path(os.environ["DEEPPLAN_GPU_REPORT_DIR"]) / "standby_gpu.jsonl", "a") as f:
+                    f.write(json.dumps({"primed_standby_gpu_mib": round(cost_mib, 1)}) + "\n")
             assert standby.PRIME_FLAG in Path(f"/proc/{spare}/cmdline").read_text().split("\0")
 
         os.kill(host, signal.SIGKILL)
