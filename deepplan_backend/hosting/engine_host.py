@@ -85,7 +85,7 @@ class _Host:
         self._stall_report = StallReport.from_environment()
         self._standby: subprocess.Popen[bytes] | None = None
         self._standby_lock = threading.Lock()
-        self._gpus: set[int] = set()  # the GPUs of the models registered so far, for a primed standby
+        self._gpus: dict[int, None] = {}  # the GPUs of the models registered so far, targets first (a primed standby)
         self._device_jobs = 0  # submitted to the device thread and not done
         self._recovering = 0  # registrations of models whose host died, queued or setting up
         self._device_idle = threading.Condition()  # notified when either count drops to 0
@@ -119,18 +119,18 @@ class _Host:
     def _keep_a_standby(self, served: Any) -> None:
         """Start a standby (`standby`) unless one runs: after a registration, so that it never delays a load.
 
-        A primed standby gets the GPUs of this host's models so far (`served`'s included): the ones its first
-        registrations and requests would otherwise create contexts on.
+        A primed standby gets the GPUs of this host's models so far (`served`'s included), this host's own GPU (the
+        models' target) first: the ones its first registrations and requests would otherwise create contexts on.
         """
         with self._standby_lock:
-            self._gpus.update(d.index for d in served.devices if d.type == "cuda" and d.index is not None)
+            self._gpus.update((d.index, None) for d in served.devices if d.type == "cuda" and d.index is not None)
         kind = standby.mode()
         if kind == "off":
             return
         with self._standby_lock:
             if self._standby is None or self._standby.poll() is not None:
                 try:
-                    self._standby = standby.spawn(self.path, sorted(self._gpus) if kind == "primed" else ())
+                    self._standby = standby.spawn(self.path, list(self._gpus) if kind == "primed" else ())
                 except OSError as exc:  # e.g. out of processes: this host serves on, without a replacement ready
                     _say(f"cannot start a standby: {exc}")
 

@@ -10,10 +10,12 @@ seconds, inside every one of those models' outage. A standby has paid them alrea
 - The front end that must replace a lost host wakes the standby (`wake`, under the spawn lock) instead of
   starting a process; the standby then becomes the host (`engine_host.main`) and starts a standby of its own.
 - By default it is *primed* (`prime_devices`): after the imports it creates its CUDA context on each GPU its host
-  uses and runs a few small kernels there, so that the first registration and the first request after a death
-  do not pay them. On an H100 a fresh process paid 300-340 ms for its context and 120-185 ms of one-time costs in
-  its first BERT-Base forward; primed, 0.2 ms and 26 ms (`results/logs/s17/`). The price is one CUDA context per
-  GPU of its host, held while it waits (GPU memory the budget's reserve must cover).
+  uses and runs a few small kernels on the host's own GPU, so that the first registration and the first request
+  after a death do not pay them. On an H100 a fresh process paid 300-340 ms for its context and 120-185 ms of
+  one-time costs in its first BERT-Base forward; primed, 0.2 ms and 26 ms. After a host's death under load the
+  first answer came 0.53 s after the kill with a cold standby and 0.30 s with a primed one (`results/README.md`).
+  The price is the contexts, held while it waits: GPU memory the budget's reserve must cover (724 MiB on that
+  H100 before its cached blocks were given back; `results/logs/s17/`).
 - It exits when its host stops it (the host's normal exit), or `ORPHAN_WAIT_S` after its host died without anyone
   waking it (the server went down with it).
 
@@ -45,7 +47,7 @@ WAKE_TIMEOUT_S = 5.0
 STANDBY_FLAG = "--standby-for"
 """The engine host's option that makes it a standby; a woken standby keeps it on its command line."""
 PRIME_FLAG = "--prime-devices"
-"""The standby's option naming the GPUs to prime (comma-separated indices)."""
+"""The standby's option naming the GPUs to prime (comma-separated indices, its host's own GPU first)."""
 
 
 MODES = {"primed": "primed", "1": "primed", "cold": "cold", "0": "off"}
@@ -77,7 +79,10 @@ def control_path(host_socket: Path) -> Path:
 
 
 def spawn_command(host_socket: Path, prime: Sequence[int] = ()) -> list[str]:
-    """The command line of a standby for this process, the host listening on `host_socket`, primed on GPUs `prime`."""
+    """The command line of a standby for this process, the host listening on `host_socket`, primed on GPUs `prime`.
+
+    `prime`'s first GPU is the host's own (the models' target); the order is kept, repeats dropped.
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -88,7 +93,7 @@ def spawn_command(host_socket: Path, prime: Sequence[int] = ()) -> list[str]:
         str(os.getpid()),
     ]
     if prime:
-        cmd += [PRIME_FLAG, ",".join(str(i) for i in sorted(set(prime)))]
+        cmd += [PRIME_FLAG, ",".join(str(i) for i in dict.fromkeys(prime))]
     return cmd
 
 
@@ -201,13 +206,15 @@ def preload_imports() -> bool:
 
 
 def prime_devices(indices: Sequence[int]) -> float | None:
-    """Create this process's CUDA context on each GPU of `indices` and run a few small kernels there; ms, or None.
+    """Create this process's CUDA context on each GPU of `indices`, small kernels on the first; ms taken, or None.
 
-    Call it on a thread that then exits: PyTorch keeps a cuBLAS handle (and its workspace) per thread and GPU, and
-    a finished thread's handle goes back to a pool that the host's device thread takes it from later. The kernels
-    are the kinds every zoo model runs (a matrix product, layer norm, softmax, GELU, an embedding lookup, a
-    convolution); CUDA loads a kernel on its first launch in a process. It uses no random generator: a
-    registration may be using one. Nothing is done without CUDA; a failure is said and leaves the standby cold.
+    The first is the host's own GPU, where the models run; the others are its PT peers, which only copy, so a
+    context is all they need. Call it on a thread that then exits: PyTorch keeps a cuBLAS handle (and its
+    workspace) per thread and GPU, and a finished thread's handle goes back to a pool that the host's device thread
+    takes it from later. The kernels are the kinds every zoo model runs (a matrix product, layer norm, softmax, GELU,
+    an embedding lookup, a convolution); CUDA loads a kernel on its first launch in a process. It uses no random
+    generator: a registration may be using one. The allocator's cached blocks are given back afterwards. Nothing
+    is done without CUDA; a failure is said and leaves the standby cold.
     """
     start = time.perf_counter()
     try:
@@ -216,14 +223,18 @@ def prime_devices(indices: Sequence[int]) -> float | None:
 
         if not torch.cuda.is_available():
             return None
-        for index in indices:
+        for position, index in enumerate(indices):
             device = torch.device("cuda", index)
             with torch.cuda.device(device):
-                a = torch.linspace(-1.0, 1.0, 64 * 64, device=device).view(64, 64)
-                b = F.gelu(F.layer_norm(a @ a, (64,))).softmax(-1)
-                F.embedding(torch.zeros(4, dtype=torch.long, device=device), b)
-                F.conv2d(b.view(1, 1, 64, 64), torch.ones(1, 1, 3, 3, device=device))
+                torch.cuda.init()
+                torch.empty(0, device=device)  # the context
+                if position == 0:
+                    a = torch.linspace(-1.0, 1.0, 64 * 64, device=device).view(64, 64)
+                    b = F.gelu(F.layer_norm(a @ a, (64,))).softmax(-1)
+                    F.embedding(torch.zeros(4, dtype=torch.long, device=device), b)
+                    F.conv2d(b.view(1, 1, 64, 64), torch.ones(1, 1, 3, 3, device=device))
                 torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
     except Exception as exc:  # a woken standby still serves: its first registration creates the context then
         print(f"deepplan standby (pid {os.getpid()}): priming GPUs {list(indices)} failed: {exc}", flush=True)
         return None

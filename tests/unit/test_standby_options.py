@@ -33,11 +33,11 @@ def test_an_unknown_standby_mode_is_said_and_the_default_kept(
     assert "DEEPPLAN_STANDBY='warm'" in err and "cold" in err
 
 
-def test_a_primed_standby_is_told_its_hosts_gpus_once_each_in_order(tmp_path: Path) -> None:
+def test_a_primed_standby_is_told_its_hosts_gpus_once_each_its_own_first(tmp_path: Path) -> None:
     sock = tmp_path / "h-0.sock"
     cmd = standby.spawn_command(sock, [2, 0, 2])
     assert cmd[cmd.index(standby.STANDBY_FLAG) + 1] == str(os.getpid())
-    assert cmd[cmd.index(standby.PRIME_FLAG) + 1] == "0,2"
+    assert cmd[cmd.index(standby.PRIME_FLAG) + 1] == "2,0"
     assert standby.PRIME_FLAG not in standby.spawn_command(sock), "cold, or a CPU host: nothing to prime"
 
 
