@@ -165,7 +165,7 @@ def run_point(args: argparse.Namespace, process: str, count: int, ids: np.ndarra
     row["gpu_used_before_mib"] = sum(gpus) if gpus else None
     with tempfile.TemporaryDirectory(prefix="deepplan-scale-") as work, scratch_state_dir("deepplan-scale-") as mem:
         repo, state = Path(work) / "repo", Path(mem).resolve() / f"residency-{process}-n{count}"
-        allow_paths(state)
+        allow_paths(args.plans, args.out, state)  # the server's default plan repository stays the run's
         params = {
             "engine": "deepplan",
             "process": process,
