@@ -53,7 +53,7 @@ run() {  # run NAME SECONDS CMD...
 }
 for step in $steps; do
     case $step in
-        tests) run gpu_tests 150 env DEEPPLAN_GPU_REPORT_DIR="$L" python3 -m pytest -q -rs tests/gpu ;;
+        tests) run gpu_tests 240 env DEEPPLAN_GPU_REPORT_DIR="$L" python3 -m pytest -q -rs tests/gpu ;;
         triton) run triton_coldstart 240 python3 -m benchmark.triton_coldstart --out "$L/triton" \
             --models bert-base resnet50 --instances 8 --budget 2GiB ;;
         triton_eager) run triton_coldstart_eager 240 python3 -m benchmark.triton_coldstart --eager \
