@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar, cast
 
 import torch
 
@@ -217,9 +218,10 @@ def prepare_shared(
 
 
 _CONTAINERS = (dict, collections.OrderedDict, set, list)
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 
-def clone_sharing_tensors(root: torch.nn.Module) -> torch.nn.Module:
+def clone_sharing_tensors(root: ModuleT) -> ModuleT:
     """A copy of `root`'s module tree whose modules are new objects and whose tensors are the same objects.
 
     Each served instance needs modules of its own (its engine rebinds their parameters to its own device bytes)
@@ -244,7 +246,7 @@ def clone_sharing_tensors(root: torch.nn.Module) -> torch.nn.Module:
         copied.__dict__.update(attrs)
         return copied
 
-    return clone(root)
+    return cast(ModuleT, clone(root))
 
 
 def release_shared(name_or_path: str, dtype: str = "float32", seed: int = 0) -> None:
