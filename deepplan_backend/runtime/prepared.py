@@ -233,22 +233,27 @@ def clone_sharing_tensors(root: ModuleT) -> ModuleT:
     Everything else (configs, plain attributes) is shared: serving only reads it. A module reachable twice stays
     one module in the copy.
     """
-    clones: dict[int, torch.nn.Module] = {}
+    return cast(ModuleT, _clone_module(root, {}))
 
-    def clone(module: torch.nn.Module) -> torch.nn.Module:
-        found = clones.get(id(module))
-        if found is not None:
-            return found
-        copied = module.__class__.__new__(module.__class__)
-        clones[id(module)] = copied
-        attrs = {name: value.copy() if type(value) in _CONTAINERS else value for name, value in module.__dict__.items()}
-        attrs["_modules"] = {
-            name: None if child is None else clone(child) for name, child in module.__dict__["_modules"].items()
-        }
-        copied.__dict__.update(attrs)
-        return copied
 
-    return cast(ModuleT, clone(root))
+def _clone_module(module: torch.nn.Module, clones: dict[int, torch.nn.Module]) -> torch.nn.Module:
+    """`clone_sharing_tensors` of one module, given the clones made so far (by the original's id).
+
+    A function of the module, not a closure over `clones`: a recursive closure is a reference cycle, which kept
+    every clone alive until a collection (and forever once `gc_pauses` froze it; `tests/unit/test_gc_pauses.py`).
+    """
+    found = clones.get(id(module))
+    if found is not None:
+        return found
+    copied = module.__class__.__new__(module.__class__)
+    clones[id(module)] = copied
+    attrs = {name: value.copy() if type(value) in _CONTAINERS else value for name, value in module.__dict__.items()}
+    attrs["_modules"] = {
+        name: None if child is None else _clone_module(child, clones)
+        for name, child in module.__dict__["_modules"].items()
+    }
+    copied.__dict__.update(attrs)
+    return copied
 
 
 def release_shared(name_or_path: str, dtype: str = "float32", seed: int = 0) -> None:

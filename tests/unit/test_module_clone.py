@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import torch
 from torch import nn
 
@@ -45,3 +48,15 @@ def test_shared_instances_get_their_own_module_over_one_host_copy() -> None:
     finally:
         release_shared("tiny-bert")
         release_shared("tiny-bert")
+
+
+def test_a_clone_is_freed_by_its_last_reference_without_a_collection() -> None:
+    root = load_model("tiny-bert").module
+    gc.disable()  # a cycle would wait for a collection, and forever once frozen (`gc_pauses`)
+    try:
+        clone = clone_sharing_tensors(root)
+        refs = [weakref.ref(m) for m in clone.modules()]
+        del clone
+        assert not any(ref() is not None for ref in refs)
+    finally:
+        gc.enable()
