@@ -172,7 +172,8 @@ class TritonPythonModel:
             info = hosted.info
             where = f"engine host pid {info.get('pid')}"
         else:  # process: instance (anything else is refused by ServeSettings with the accepted values)
-            from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
+            from deepplan_backend.runtime.serve_settings import ServeSettings
+            from deepplan_backend.runtime.served_model import ServedModel
 
             settings = ServeSettings.from_parameters(params, model_dir=model_dir)
             prepare_to_die()  # this stub now takes the server-wide residency lock, as an engine host does

@@ -20,7 +20,8 @@ import torch
 
 from deepplan_backend.runtime.gc_pauses import freeze_long_lived
 from deepplan_backend.runtime.prepared import prepare
-from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
+from deepplan_backend.runtime.serve_settings import ServeSettings
+from deepplan_backend.runtime.served_model import ServedModel
 
 
 def full_pass_ms() -> float:

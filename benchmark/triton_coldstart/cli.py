@@ -10,7 +10,7 @@ import torch
 
 import benchmark.triton_coldstart as package
 from deepplan_backend.runtime import zoo
-from deepplan_backend.runtime.served_model import parse_size
+from deepplan_backend.runtime.serve_settings import parse_size
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -250,7 +250,8 @@ class _Host:
             send_message(conn, {"ok": False, "error": "the first message must be register"})
             return None
         with self._import_lock:  # one thread pays PyTorch's import, the others wait for it
-            from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
+            from deepplan_backend.runtime.serve_settings import ServeSettings
+            from deepplan_backend.runtime.served_model import ServedModel
         later = header.get("warm_up") == "later"  # a front end registering again after its host died
         # After a death, the models register again one at a time, those with a request waiting first
         # (`recovery_queue`).

@@ -54,7 +54,7 @@ def check_common(p: argparse.ArgumentParser, args: argparse.Namespace, models: S
     if args.warmup_s < 0:
         p.error("--warmup-s must be >= 0")
     if args.budget:
-        from deepplan_backend.runtime.served_model import parse_size
+        from deepplan_backend.runtime.serve_settings import parse_size
 
         try:
             parse_size(args.budget, "--budget")

@@ -178,7 +178,8 @@ def test_served_model_warms_up_at_load_on_its_device_thread(tmp_path, monkeypatc
     import numpy as np
 
     from deepplan_backend.runtime import served_model
-    from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
+    from deepplan_backend.runtime.serve_settings import ServeSettings
+    from deepplan_backend.runtime.served_model import ServedModel
 
     monkeypatch.setattr(served_model, "_WARMED", set())
     monkeypatch.setenv("DEEPPLAN_ALLOWED_ROOTS", f"{tmp_path / 'plans'}:{tmp_path / 'state'}")
@@ -239,7 +240,8 @@ def test_every_graph_model_captures_its_graphs_at_load(tmp_path, monkeypatch) ->
     import threading
 
     from deepplan_backend.runtime import served_model
-    from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
+    from deepplan_backend.runtime.serve_settings import ServeSettings
+    from deepplan_backend.runtime.served_model import ServedModel
 
     monkeypatch.setenv("DEEPPLAN_ALLOWED_ROOTS", f"{tmp_path / 'plans'}:{tmp_path / 'state'}:{tmp_path / 'probe'}")
 

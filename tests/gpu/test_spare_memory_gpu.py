@@ -30,7 +30,8 @@ def _load(
 ) -> tuple[list, concurrent.futures.ThreadPoolExecutor]:
     """One `ServedModel` per name on GPU 0 with `engine`, sharing one device thread, with room for the largest alone."""
     from deepplan_backend.runtime import served_model
-    from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
+    from deepplan_backend.runtime.serve_settings import ServeSettings
+    from deepplan_backend.runtime.served_model import ServedModel
 
     monkeypatch.setattr(served_model, "_WARMED", set())
     monkeypatch.setenv("DEEPPLAN_ALLOWED_ROOTS", f"{tmp_path / 'plans'}:{tmp_path / 'state'}:{tmp_path / 'probe'}")

@@ -23,7 +23,7 @@ from deepplan_backend.runtime.path_policy import ALLOWED_ROOTS_ENV
 from deepplan_backend.runtime.plan import PlanError, PlanKey
 from deepplan_backend.runtime.plan_messages import PlanFileMessage
 from deepplan_backend.runtime.plan_repository import list_plans, load_plan, plan_path, read_plan
-from deepplan_backend.runtime.served_model import PLAN_DIR_ENV
+from deepplan_backend.runtime.serve_settings import PLAN_DIR_ENV
 from tests.triton_server import running_triton
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from deepplan_backend.runtime.gc_pauses import freeze_long_lived
-from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
+from deepplan_backend.runtime.serve_settings import ServeSettings
+from deepplan_backend.runtime.served_model import ServedModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -32,12 +32,8 @@ from deepplan_backend.runtime.path_policy import (
 from deepplan_backend.runtime.plan import DHA, PlanError
 from deepplan_backend.runtime.plan_messages import PlanFileMessage
 from deepplan_backend.runtime.plan_repository import MAX_PLAN_BYTES, load_plan, plan_path, plan_to_bytes, read_plan
-from deepplan_backend.runtime.served_model import (
-    PLAN_DIR_ENV,
-    ConfigError,
-    ServeSettings,
-    plan_or_make,
-)
+from deepplan_backend.runtime.serve_settings import PLAN_DIR_ENV, ConfigError, ServeSettings
+from deepplan_backend.runtime.served_model import plan_or_make
 
 
 @pytest.fixture()

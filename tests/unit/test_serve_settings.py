@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deepplan_backend.runtime.served_model import ConfigError, ServeSettings
+from deepplan_backend.runtime.serve_settings import ConfigError, ServeSettings
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,8 @@ import torch
 
 from deepplan_backend.runtime import served_model
 from deepplan_backend.runtime.answer import PHASES
-from deepplan_backend.runtime.served_model import ServedModel, ServeSettings
+from deepplan_backend.runtime.serve_settings import ServeSettings
+from deepplan_backend.runtime.served_model import ServedModel
 
 
 def test_device_work_goes_through_the_runner_and_nothing_else(tmp_path: Path) -> None:
