@@ -86,6 +86,7 @@ class _Host:
         self._standby: subprocess.Popen[bytes] | None = None
         self._standby_lock = threading.Lock()
         self._gpus: dict[int, None] = {}  # the GPUs of the models registered so far, targets first (a primed standby)
+        self._standby_mode = standby.mode()  # read once: a bad value is said once, not at every registration
         self._device_jobs = 0  # submitted to the device thread and not done
         self._recovering = 0  # registrations of models whose host died, queued or setting up
         self._device_idle = threading.Condition()  # notified when either count drops to 0
@@ -124,7 +125,7 @@ class _Host:
         """
         with self._standby_lock:
             self._gpus.update((d.index, None) for d in served.devices if d.type == "cuda" and d.index is not None)
-        kind = standby.mode()
+        kind = self._standby_mode
         if kind == "off":
             return
         with self._standby_lock:

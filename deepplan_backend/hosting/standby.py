@@ -15,7 +15,7 @@ seconds, inside every one of those models' outage. A standby has paid them alrea
   one-time costs in its first BERT-Base forward; primed, 0.2 ms and 26 ms. After a host's death under load the
   first answer came 0.53 s after the kill with a cold standby and 0.30 s with a primed one (`results/README.md`).
   The price is the contexts, held while it waits: GPU memory the budget's reserve must cover (724 MiB on that
-  H100 before its cached blocks were given back; `results/logs/s17/`).
+  H100, `results/logs/s17/`).
 - It exits when its host stops it (the host's normal exit), or `ORPHAN_WAIT_S` after its host died without anyone
   waking it (the server went down with it).
 
@@ -66,11 +66,6 @@ def mode() -> str:
         )
         return "primed"
     return found
-
-
-def enabled() -> bool:
-    """Whether hosts keep a standby (``$DEEPPLAN_STANDBY`` is not ``0``)."""
-    return mode() != "off"
 
 
 def control_path(host_socket: Path) -> Path:
