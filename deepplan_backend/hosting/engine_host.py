@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
 import os
 import queue
 import select
@@ -85,7 +86,7 @@ class _Host:
         self._stall_report = StallReport.from_environment()
         self._standby: subprocess.Popen[bytes] | None = None
         self._standby_lock = threading.Lock()
-        self._gpus: dict[int, None] = {}  # the GPUs of the models registered so far, targets first (a primed standby)
+        self._gpu: int | None = None  # this host's GPU (its models' target), for a primed standby
         self._standby_mode = standby.mode()  # read once: a bad value is said once, not at every registration
         self._device_jobs = 0  # submitted to the device thread and not done
         self._recovering = 0  # registrations of models whose host died, queued or setting up
@@ -120,18 +121,20 @@ class _Host:
     def _keep_a_standby(self, served: Any) -> None:
         """Start a standby (`standby`) unless one runs: after a registration, so that it never delays a load.
 
-        A primed standby gets the GPUs of this host's models so far (`served`'s included), this host's own GPU (the
-        models' target) first: the ones its first registrations and requests would otherwise create contexts on.
+        A primed standby gets this host's GPU, the target of `served` (and of every model here): the one its first
+        registration and request would otherwise create a context and load kernels on.
         """
-        with self._standby_lock:
-            self._gpus.update((d.index, None) for d in served.devices if d.type == "cuda" and d.index is not None)
+        target = served.devices[0]
         kind = self._standby_mode
         if kind == "off":
             return
         with self._standby_lock:
+            if self._gpu is None and target.type == "cuda" and target.index is not None:
+                self._gpu = target.index
             if self._standby is None or self._standby.poll() is not None:
+                prime = [self._gpu] if kind == "primed" and self._gpu is not None else []
                 try:
-                    self._standby = standby.spawn(self.path, list(self._gpus) if kind == "primed" else ())
+                    self._standby = standby.spawn(self.path, prime)
                 except OSError as exc:  # e.g. out of processes: this host serves on, without a replacement ready
                     _say(f"cannot start a standby: {exc}")
 
@@ -261,6 +264,7 @@ class _Host:
         with self._recovery(later), turn as waited_ms:
             try:
                 settings = ServeSettings.from_parameters(header["params"], model_dir=Path(header["model_dir"]))
+                settings = with_room_for_standby(settings, self._standby_mode, _has_cuda())
                 served = ServedModel(
                     settings,
                     str(header["key"]),
@@ -381,6 +385,23 @@ def apply_gil_switch_interval() -> float | None:
 
 def _say(message: str) -> None:
     print(f"deepplan engine host (pid {os.getpid()}): {message}", flush=True)
+
+
+def with_room_for_standby(settings: Any, mode: str, cuda: bool) -> Any:
+    """`settings` (a `ServeSettings`) whose automatic budget also leaves room for a primed standby's context.
+
+    The standby is this process's doing, not the user's, so the user's `reserve` (other processes, activations)
+    is not made to cover it. An explicit budget is left as it is: its owner chose it.
+    """
+    if mode != "primed" or not cuda or settings.budget is not None:
+        return settings
+    return dataclasses.replace(settings, reserve=settings.reserve + standby.PRIMED_CONTEXT_BYTES)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _gpu_list(text: str) -> tuple[int, ...]:

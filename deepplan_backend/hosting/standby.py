@@ -9,13 +9,15 @@ seconds, inside every one of those models' outage. A standby has paid them alrea
   and again whenever its standby is gone.
 - The front end that must replace a lost host wakes the standby (`wake`, under the spawn lock) instead of
   starting a process; the standby then becomes the host (`engine_host.main`) and starts a standby of its own.
-- By default it is *primed* (`prime_devices`): after the imports it creates its CUDA context on each GPU its host
-  uses and runs a few small kernels on the host's own GPU, so that the first registration and the first request
-  after a death do not pay them. On an H100 a fresh process paid 300-340 ms for its context and 120-185 ms of
+- By default it is *primed* (`prime_devices`): after the imports it creates its CUDA context on its host's GPU
+  and runs a few small kernels there, so that the first registration and the first request after a death do not
+  pay them. On an H100 a fresh process paid 300-340 ms for its context and 120-185 ms of
   one-time costs in its first BERT-Base forward; primed, 0.2 ms and 26 ms. After a host's death under load the
   first answer came 0.53 s after the kill with a cold standby and 0.30 s with a primed one (`results/README.md`).
-  The price is the contexts, held while it waits: GPU memory the budget's reserve must cover (724 MiB on that
-  H100, `results/logs/s17/`).
+  The price is that context, held while it waits: 724 MiB on that H100 (`results/logs/s17/`). An automatic budget
+  leaves room for it (`PRIMED_CONTEXT_BYTES`, beside the `reserve`). PT peers are not primed: a context on every
+  peer of every GPU's standby would hold about half a GB more on each GPU per peer, for an outage that
+  only a host's death opens; a new host creates its peer contexts when its first model registers, as before.
 - It exits when its host stops it (the host's normal exit), or `ORPHAN_WAIT_S` after its host died without anyone
   waking it (the server went down with it).
 
@@ -48,6 +50,9 @@ STANDBY_FLAG = "--standby-for"
 """The engine host's option that makes it a standby; a woken standby keeps it on its command line."""
 PRIME_FLAG = "--prime-devices"
 """The standby's option naming the GPUs to prime (comma-separated indices, its host's own GPU first)."""
+PRIMED_CONTEXT_BYTES = 768 << 20
+"""GPU memory a primed standby holds on its host's GPU (724 MiB measured on an H100, rounded up): what an automatic
+budget leaves for it beside the model's `reserve`."""
 
 
 MODES = {"primed": "primed", "1": "primed", "cold": "cold", "0": "off"}

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from deepplan_backend.hosting import engine_host, standby
+from deepplan_backend.runtime.residency import BUDGET_ENV
+from deepplan_backend.runtime.serve_settings import ServeSettings
 
 
 @pytest.mark.parametrize(
@@ -54,3 +56,19 @@ def test_priming_without_cuda_does_nothing(monkeypatch: pytest.MonkeyPatch, caps
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert standby.prime_devices([0]) is None
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("mode", "cuda", "budget", "grows"),
+    [("primed", True, None, True), ("cold", True, None, False), ("primed", False, None, False),
+     ("primed", True, "2GiB", False)],
+)  # fmt: skip
+def test_an_automatic_budget_leaves_room_for_a_primed_standby(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, cuda: bool, budget: str | None, grows: bool
+) -> None:
+    monkeypatch.delenv(BUDGET_ENV, raising=False)
+    params = {"model": "tiny-bert", "plan_repository": str(tmp_path), **({"budget": budget} if budget else {})}
+    settings = ServeSettings.from_parameters(params)
+    adjusted = engine_host.with_room_for_standby(settings, mode, cuda)
+    assert adjusted.reserve - settings.reserve == (standby.PRIMED_CONTEXT_BYTES if grows else 0)
+    assert adjusted.budget == settings.budget and adjusted.model == settings.model
