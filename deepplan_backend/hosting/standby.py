@@ -208,8 +208,8 @@ def preload_imports() -> bool:
 def prime_devices(indices: Sequence[int]) -> float | None:
     """Create this process's CUDA context on each GPU of `indices`, small kernels on the first; ms taken, or None.
 
-    The first is the host's own GPU, where the models run; the others are its PT peers, which only copy, so a
-    context is all they need. Call it on a thread that then exits: PyTorch keeps a cuBLAS handle (and its
+    The first is the host's own GPU, where the models run (a host passes only that one); any others get a context
+    only. Call it on a thread that then exits: PyTorch keeps a cuBLAS handle (and its
     workspace) per thread and GPU, and a finished thread's handle goes back to a pool that the host's device thread
     takes it from later. The kernels are the kinds every zoo model runs (a matrix product, layer norm, softmax, GELU,
     an embedding lookup, a convolution); CUDA loads a kernel on its first launch in a process. It uses no random
