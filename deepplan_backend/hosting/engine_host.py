@@ -26,6 +26,7 @@ keeps a `standby` process, which replaces it if it dies; ``--standby-for PID`` m
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -88,9 +89,10 @@ class _Host:
         self._standby_lock = threading.Lock()
         self._gpu: int | None = None  # this host's GPU (its models' target), for a primed standby
         self._standby_mode = standby.mode()  # read once: a bad value is said once, not at every registration
-        self._device_jobs = 0  # submitted to the device thread and not done
-        self._recovering = 0  # registrations of models whose host died, queued or setting up
-        self._device_idle = threading.Condition()  # notified when either count drops to 0
+        # "device jobs": submitted to the device thread and not done; "recovering": registrations of models whose
+        # host died, queued or setting up. Deferred warm-ups wait for both to be none (`_busy_with`).
+        self._busy: collections.Counter[str] = collections.Counter()
+        self._device_idle = threading.Condition()  # notified when a count drops to 0
         self._deferred: queue.SimpleQueue[Any] = queue.SimpleQueue()
         threading.Thread(target=self._run_deferred, name="deepplan-warm-later", daemon=True).start()
 
@@ -140,30 +142,20 @@ class _Host:
 
     def _on_device_thread(self, fn: Callable[[], Any]) -> Any:
         report = self._stall_report
-        with self._device_idle:
-            self._device_jobs += 1
-        try:
+        with self._busy_with("device jobs"):
             return self.worker.submit(fn if report is None else lambda: report.run(fn)).result()
-        finally:
-            with self._device_idle:
-                self._device_jobs -= 1
-                if self._device_jobs == 0:
-                    self._device_idle.notify_all()
 
     @contextlib.contextmanager
-    def _recovery(self, later: bool) -> Iterator[None]:
-        """Count a registration after a host's death while it runs (deferred warm-ups wait for none to be left)."""
-        if not later:
-            yield
-            return
+    def _busy_with(self, what: str) -> Iterator[None]:
+        """Count one more `what` while the block runs; `_device_idle` hears when none is left."""
         with self._device_idle:
-            self._recovering += 1
+            self._busy[what] += 1
         try:
             yield
         finally:
             with self._device_idle:
-                self._recovering -= 1
-                if self._recovering == 0:
+                self._busy[what] -= 1
+                if self._busy[what] == 0:
                     self._device_idle.notify_all()
 
     def _warm_up_later(self, served: Any) -> None:
@@ -184,7 +176,7 @@ class _Host:
             # Not while models still register again: a warm-up holds the device lock for hundreds of ms, and the
             # next registration's engine set-up needs it (session 16, 1 x H100: 180 ms of a set-up spent waiting).
             with self._device_idle:
-                self._device_idle.wait_for(lambda: self._device_jobs == 0 and self._recovering == 0)
+                self._device_idle.wait_for(lambda: not any(self._busy.values()))
             start = time.perf_counter()
             try:
                 ran = served.warm_up_deferred()
@@ -260,8 +252,9 @@ class _Host:
         # After a death, the models register again one at a time, those with a request waiting first
         # (`recovery_queue`).
         serial = later and self._serial_recovery
-        turn = self._recovery_queue.turn(conn) if serial else _no_wait()
-        with self._recovery(later), turn as waited_ms:
+        turn = self._recovery_queue.turn(conn) if serial else contextlib.nullcontext(0.0)
+        recovering = self._busy_with("recovering") if later else contextlib.nullcontext()
+        with recovering, turn as waited_ms:
             try:
                 settings = ServeSettings.from_parameters(header["params"], model_dir=Path(header["model_dir"]))
                 settings = with_room_for_standby(settings, self._standby_mode, _has_cuda())
@@ -334,11 +327,6 @@ class _Host:
         status = served.status()
         reply = {"ok": True, "answers": meta, "evictions": status.evictions, "resident_bytes": status.resident_bytes}
         send_message(conn, {**reply, "sent_at": time.perf_counter()}, outputs)
-
-
-@contextlib.contextmanager
-def _no_wait() -> Iterator[float]:
-    yield 0.0
 
 
 def _readable_within(conn: socket.socket, timeout_s: float) -> bool:
