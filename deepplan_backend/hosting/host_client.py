@@ -198,7 +198,7 @@ class HostedModel:
             if later:  # the new host registers its lost models one at a time: one with a request waiting goes first
                 with self._hurry_lock:
                     self._registering, self._hurried = sock, False
-                self._hurry_if_requested()
+                    self._hurry_locked()
             reply, _ = recv_message(sock)
         except (OSError, WireError) as exc:
             sock.close()
@@ -336,8 +336,8 @@ class HostedModel:
 
         with self._hurry_lock:
             self._requests_waiting += 1
+            self._hurry_locked()  # a registration with a new host may be under way on the watcher's thread
         try:
-            self._hurry_if_requested()  # a registration with a new host may be under way on the watcher's thread
             with self._lock:
                 try:
                     return _retrying(attempt, (OSError, WireError, HostError), self._drop)
@@ -347,19 +347,19 @@ class HostedModel:
             with self._hurry_lock:
                 self._requests_waiting -= 1
 
-    def _hurry_if_requested(self) -> None:
+    def _hurry_locked(self) -> None:
         """Tell a new host, once per registration, that a request waits for it (`recovery_queue`; no reply comes).
 
-        Sent behind the registration on its socket, from whichever thread sees both; the host reads it after
-        its reply, as an op it skips.
+        Called with `_hurry_lock` held, by whichever thread sees both (a registration under way and a request
+        waiting) first: sent behind the registration on its socket; the host reads it after its reply, as an op it
+        skips.
         """
-        with self._hurry_lock:
-            sock = self._registering
-            if sock is None or self._hurried or self._requests_waiting == 0:
-                return
-            self._hurried = True
-            with contextlib.suppress(OSError):  # the registration's own read reports a broken socket
-                send_message(sock, {"op": "hurry"})
+        sock = self._registering
+        if sock is None or self._hurried or self._requests_waiting == 0:
+            return
+        self._hurried = True
+        with contextlib.suppress(OSError):  # the registration's own read reports a broken socket
+            send_message(sock, {"op": "hurry"})
 
     def _exchange(self, sock: socket.socket, requests: Sequence[Mapping[str, np.ndarray | None]]) -> list[Answer]:
         names: list[list[str]] = []
