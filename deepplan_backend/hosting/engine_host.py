@@ -87,7 +87,6 @@ class _Host:
         self._stall_report = StallReport.from_environment()
         self._standby: subprocess.Popen[bytes] | None = None
         self._standby_lock = threading.Lock()
-        self._gpu: int | None = None  # this host's GPU (its models' target), for a primed standby
         self._standby_mode = standby.mode()  # read once: a bad value is said once, not at every registration
         # "device jobs": submitted to the device thread and not done; "recovering": registrations of models whose
         # host died, queued or setting up. Deferred warm-ups wait for both to be none (`_busy_with`).
@@ -126,15 +125,13 @@ class _Host:
         A primed standby gets this host's GPU, the target of `served` (and of every model here): the one its first
         registration and request would otherwise create a context and load kernels on.
         """
-        target = served.devices[0]
         kind = self._standby_mode
         if kind == "off":
             return
+        target = served.devices[0]
+        prime = target.index if kind == "primed" and target.type == "cuda" else None
         with self._standby_lock:
-            if self._gpu is None and target.type == "cuda" and target.index is not None:
-                self._gpu = target.index
             if self._standby is None or self._standby.poll() is not None:
-                prime = [self._gpu] if kind == "primed" and self._gpu is not None else []
                 try:
                     self._standby = standby.spawn(self.path, prime)
                 except OSError as exc:  # e.g. out of processes: this host serves on, without a replacement ready
@@ -392,15 +389,15 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _gpu_list(text: str) -> tuple[int, ...]:
-    """``0,1,3`` -> (0, 1, 3), for argparse."""
+def _gpu_index(text: str) -> int:
+    """``"1"`` -> 1, for argparse (a GPU index is 0 or more)."""
     try:
-        indices = tuple(int(part) for part in text.split(",") if part.strip())
+        index = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give GPU indices separated by commas, e.g. 0,1") from None
-    if any(i < 0 for i in indices):
-        raise argparse.ArgumentTypeError(f"{text!r}: GPU indices are 0 or more")
-    return indices
+        raise argparse.ArgumentTypeError(f"{text!r}: give a GPU index, e.g. 0") from None
+    if index < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a GPU index is 0 or more")
+    return index
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -418,10 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument(
         standby.PRIME_FLAG,
-        type=_gpu_list,
-        default=(),
-        metavar="GPUS",
-        help="as a standby: create CUDA contexts on these GPUs (comma-separated indices) while waiting",
+        type=_gpu_index,
+        metavar="GPU",
+        help="as a standby: create a CUDA context on this GPU and run a few kernels there while waiting",
     )
     args = p.parse_args(argv)
     # A host that dies of a signal (SIGSEGV in a native library) would otherwise leave no line in the server's log
@@ -430,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_to_die()
     apply_gil_switch_interval()
     if args.standby_for is not None:
-        if not standby.wait_to_be_woken(args.socket, args.standby_for, args.prime_devices):
+        if not standby.wait_to_be_woken(args.socket, args.standby_for, args.prime_gpu):
             return 0
         _say(f"standby woken to replace host pid {args.standby_for}")
     _Host(args.socket, args.linger_s).serve_forever()

@@ -9,7 +9,7 @@ seconds, inside every one of those models' outage. A standby has paid them alrea
   and again whenever its standby is gone.
 - The front end that must replace a lost host wakes the standby (`wake`, under the spawn lock) instead of
   starting a process; the standby then becomes the host (`engine_host.main`) and starts a standby of its own.
-- By default it is *primed* (`prime_devices`): after the imports it creates its CUDA context on its host's GPU
+- By default it is *primed* (`prime_gpu`): after the imports it creates its CUDA context on its host's GPU
   and runs a few small kernels there, so that the first registration and the first request after a death do not
   pay them. On an H100 a fresh process paid 300-340 ms for its context and 120-185 ms of
   one-time costs in its first BERT-Base forward; primed, 0.2 ms and 26 ms. After a host's death under load the
@@ -37,7 +37,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from .wire import WireError, recv_message, send_message
@@ -48,8 +47,8 @@ ORPHAN_WAIT_S = 30.0
 WAKE_TIMEOUT_S = 5.0
 STANDBY_FLAG = "--standby-for"
 """The engine host's option that makes it a standby; a woken standby keeps it on its command line."""
-PRIME_FLAG = "--prime-devices"
-"""The standby's option naming the GPUs to prime (comma-separated indices, its host's own GPU first)."""
+PRIME_FLAG = "--prime-gpu"
+"""The standby's option naming the GPU to prime: its host's."""
 PRIMED_CONTEXT_BYTES = 768 << 20
 """GPU memory a primed standby holds on its host's GPU (724 MiB measured on an H100, rounded up): what an automatic
 budget leaves for it beside the model's `reserve`."""
@@ -78,11 +77,8 @@ def control_path(host_socket: Path) -> Path:
     return host_socket.with_suffix(".standby")
 
 
-def spawn_command(host_socket: Path, prime: Sequence[int] = ()) -> list[str]:
-    """The command line of a standby for this process, the host listening on `host_socket`, primed on GPUs `prime`.
-
-    `prime`'s first GPU is the host's own (the models' target); the order is kept, repeats dropped.
-    """
+def spawn_command(host_socket: Path, prime: int | None = None) -> list[str]:
+    """The command line of a standby for this process, the host listening on `host_socket`, primed on GPU `prime`."""
     cmd = [
         sys.executable,
         "-m",
@@ -92,12 +88,12 @@ def spawn_command(host_socket: Path, prime: Sequence[int] = ()) -> list[str]:
         STANDBY_FLAG,
         str(os.getpid()),
     ]
-    if prime:
-        cmd += [PRIME_FLAG, ",".join(str(i) for i in dict.fromkeys(prime))]
+    if prime is not None:
+        cmd += [PRIME_FLAG, str(prime)]
     return cmd
 
 
-def spawn(host_socket: Path, prime: Sequence[int] = ()) -> subprocess.Popen[bytes]:
+def spawn(host_socket: Path, prime: int | None = None) -> subprocess.Popen[bytes]:
     """Start a standby (`spawn_command`) in its own session: it outlives us."""
     return subprocess.Popen(spawn_command(host_socket, prime), stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -120,18 +116,18 @@ def wake(host_socket: Path) -> int | None:
     return pid if reply.get("ok") and isinstance(pid, int) else None
 
 
-def wait_to_be_woken(host_socket: Path, host_pid: int, prime: Sequence[int] = ()) -> bool:
+def wait_to_be_woken(host_socket: Path, host_pid: int, prime: int | None = None) -> bool:
     """The standby's life until it is needed: True when a front end woke it, False when it should exit.
 
-    Imports what a host needs on a thread meanwhile, then primes GPUs `prime` (`prime_devices`); a wake that comes
+    Imports what a host needs on a thread meanwhile, then primes GPU `prime` (`prime_gpu`); a wake that comes
     before they are done is answered at once (the registration then waits for the work already under way).
     """
     path = control_path(host_socket)
     signal.signal(signal.SIGTERM, _exit_on_term)  # stopped by its host: remove the control socket on the way out
 
     def get_ready() -> None:
-        if preload_imports() and prime:
-            prime_devices(prime)
+        if preload_imports() and prime is not None:
+            prime_gpu(prime)
 
     threading.Thread(target=get_ready, name="deepplan-standby-preload", daemon=True).start()
     try:
@@ -205,16 +201,15 @@ def preload_imports() -> bool:
         return False
 
 
-def prime_devices(indices: Sequence[int]) -> float | None:
-    """Create this process's CUDA context on each GPU of `indices`, small kernels on the first; ms taken, or None.
+def prime_gpu(index: int) -> float | None:
+    """Create this process's CUDA context on GPU `index` and run a few small kernels there; ms taken, or None.
 
-    The first is the host's own GPU, where the models run (a host passes only that one); any others get a context
-    only. Call it on a thread that then exits: PyTorch keeps a cuBLAS handle (and its
-    workspace) per thread and GPU, and a finished thread's handle goes back to a pool that the host's device thread
-    takes it from later. The kernels are the kinds every zoo model runs (a matrix product, layer norm, softmax, GELU,
-    an embedding lookup, a convolution); CUDA loads a kernel on its first launch in a process. It uses no random
-    generator: a registration may be using one. The allocator's cached blocks are given back afterwards. Nothing
-    is done without CUDA; a failure is said and leaves the standby cold.
+    Call it on a thread that then exits: PyTorch keeps a cuBLAS handle (and its workspace) per thread and GPU, and a
+    finished thread's handle goes back to a pool that the host's device thread takes it from later. The kernels
+    are the kinds every zoo model runs (a matrix product, layer norm, softmax, GELU, an embedding lookup, a
+    convolution); CUDA loads a kernel on its first launch in a process. It uses no random generator: a
+    registration may be using one. The allocator's cached blocks are given back afterwards. Nothing is done
+    without CUDA; a failure is said and leaves the standby cold.
     """
     start = time.perf_counter()
     try:
@@ -223,23 +218,19 @@ def prime_devices(indices: Sequence[int]) -> float | None:
 
         if not torch.cuda.is_available():
             return None
-        for position, index in enumerate(indices):
-            device = torch.device("cuda", index)
-            with torch.cuda.device(device):
-                torch.cuda.init()
-                torch.empty(0, device=device)  # the context
-                if position == 0:
-                    a = torch.linspace(-1.0, 1.0, 64 * 64, device=device).view(64, 64)
-                    b = F.gelu(F.layer_norm(a @ a, (64,))).softmax(-1)
-                    F.embedding(torch.zeros(4, dtype=torch.long, device=device), b)
-                    F.conv2d(b.view(1, 1, 64, 64), torch.ones(1, 1, 3, 3, device=device))
-                torch.cuda.synchronize(device)
+        device = torch.device("cuda", index)
+        with torch.cuda.device(device):
+            a = torch.linspace(-1.0, 1.0, 64 * 64, device=device).view(64, 64)
+            b = F.gelu(F.layer_norm(a @ a, (64,))).softmax(-1)
+            F.embedding(torch.zeros(4, dtype=torch.long, device=device), b)
+            F.conv2d(b.view(1, 1, 64, 64), torch.ones(1, 1, 3, 3, device=device))
+            torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
     except Exception as exc:  # a woken standby still serves: its first registration creates the context then
-        print(f"deepplan standby (pid {os.getpid()}): priming GPUs {list(indices)} failed: {exc}", flush=True)
+        print(f"deepplan standby (pid {os.getpid()}): priming GPU {index} failed: {exc}", flush=True)
         return None
     ms = (time.perf_counter() - start) * 1e3
-    print(f"deepplan standby (pid {os.getpid()}): primed GPU(s) {list(indices)} in {ms:.0f} ms", flush=True)
+    print(f"deepplan standby (pid {os.getpid()}): primed GPU {index} in {ms:.0f} ms", flush=True)
     return ms
 
 

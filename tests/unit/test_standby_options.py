@@ -34,27 +34,27 @@ def test_an_unknown_standby_mode_is_said_and_the_default_kept(
     assert "DEEPPLAN_STANDBY='warm'" in err and "cold" in err
 
 
-def test_a_primed_standby_is_told_its_hosts_gpus_once_each_its_own_first(tmp_path: Path) -> None:
-    sock = tmp_path / "h-0.sock"
-    cmd = standby.spawn_command(sock, [2, 0, 2])
+def test_a_primed_standby_is_told_its_hosts_gpu(tmp_path: Path) -> None:
+    sock = tmp_path / "h-2.sock"
+    cmd = standby.spawn_command(sock, 2)
     assert cmd[cmd.index(standby.STANDBY_FLAG) + 1] == str(os.getpid())
-    assert cmd[cmd.index(standby.PRIME_FLAG) + 1] == "2,0"
+    assert cmd[cmd.index(standby.PRIME_FLAG) + 1] == "2"
+    assert standby.PRIME_FLAG in standby.spawn_command(sock, 0), "GPU 0 is a GPU to prime, not a missing one"
     assert standby.PRIME_FLAG not in standby.spawn_command(sock), "cold, or a CPU host: nothing to prime"
 
 
-def test_the_prime_option_parses_gpu_lists_and_refuses_others() -> None:
-    assert engine_host._gpu_list("0,1,3") == (0, 1, 3)
-    assert engine_host._gpu_list("") == ()
-    for bad in ("0,x", "-1"):
-        with pytest.raises(argparse.ArgumentTypeError, match="GPU indices"):
-            engine_host._gpu_list(bad)
+def test_the_prime_option_parses_a_gpu_index_and_refuses_others() -> None:
+    assert engine_host._gpu_index("3") == 3
+    for bad in ("0,1", "x", "", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="GPU index"):
+            engine_host._gpu_index(bad)
 
 
 def test_priming_without_cuda_does_nothing(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert standby.prime_devices([0]) is None
+    assert standby.prime_gpu(0) is None
     assert capsys.readouterr().out == ""
 
 
