@@ -225,11 +225,11 @@ def clone_sharing_tensors(root: ModuleT) -> ModuleT:
     """A copy of `root`'s module tree whose modules are new objects and whose tensors are the same objects.
 
     Each served instance needs modules of its own (its engine rebinds their parameters to its own device bytes)
-    but not tensors of its own. `copy.deepcopy` with every tensor in its memo did that in 13 ms for BERT-Base on
+    but not tensors of its own. `copy.deepcopy` with every tensor in its memo did that in 11 ms for BERT-Base on
     a 2-core CPU host (19-22 ms per registration on an H100 host under load), walking every attribute of every
     module; after a host's death each model's registration paid it in turn. Here each module gets a copy of its
     attribute dict, with its containers (parameters, buffers, children, hooks) copied one level deep, so that
-    rebinding a clone's tensor leaves the others alone: 0.95 ms, 2-3 ms per registration (`results/README.md`).
+    rebinding a clone's tensor leaves the others alone: 0.96 ms, 2-3 ms per registration (`results/README.md`).
     Everything else (configs, plain attributes) is shared: serving only reads it. A module reachable twice stays
     one module in the copy.
     """
